@@ -1,0 +1,181 @@
+"""The frozen, serialisable base of every fitted lever.
+
+An artifact is a frozen dataclass. Its tensor fields are stored in one ``.safetensors`` file; every
+other field, and a :class:`Provenance` record, go into the file's JSON header under the key
+``almostlinear``. Loading reads tensors and JSON only, so it never unpickles anything.
+
+Subclasses register themselves by ``kind`` (one registry, filled by class definition), so
+:func:`load` can rebuild any artifact from its file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import ArtifactError
+
+FORMAT_VERSION = 1
+HEADER_KEY = "almostlinear"
+_REGISTRY: dict[str, type[Artifact]] = {}
+
+
+class FingerprintWarning(UserWarning):
+    """An artifact is used on a model other than the one it was fitted on."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What is needed to use an artifact correctly elsewhere."""
+
+    model_fingerprint: str | None = None
+    site: str | None = None
+    layer: int | None = None
+    method: str | None = None
+    data_hash: str | None = None
+    units: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    library_version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.library_version:
+            from .. import __version__
+
+            object.__setattr__(self, "library_version", __version__)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Base class. Subclasses are ``@dataclass(frozen=True)`` and set ``kind``."""
+
+    kind: ClassVar[str] = ""
+    provenance: Provenance = field(default_factory=Provenance, kw_only=True)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if kind:
+            if kind in _REGISTRY and _REGISTRY[kind].__qualname__ != cls.__qualname__:
+                raise ArtifactError(f"artifact kind {kind!r} is registered twice")
+            _REGISTRY[kind] = cls
+
+    def _split(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, plain = {}, {}
+        for f in dataclasses.fields(self):
+            if f.name == "provenance":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                tensors[f.name] = value.detach().to("cpu").contiguous()
+            else:
+                plain[f.name] = value
+        return tensors, plain
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one ``.safetensors`` file atomically (a temporary file, then a rename)."""
+        if not self.kind:
+            raise ArtifactError(f"{type(self).__name__} has no kind and cannot be saved")
+        tensors, plain = self._split()
+        header = {
+            "kind": self.kind,
+            "format_version": FORMAT_VERSION,
+            "fields": plain,
+            "provenance": dataclasses.asdict(self.provenance),
+        }
+        try:
+            encoded = json.dumps(header, sort_keys=True)
+        except TypeError as error:
+            raise ArtifactError(f"a field of {type(self).__name__} is not JSON-serialisable: {error}") from error
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={HEADER_KEY: encoded})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Artifact:
+        """Read an artifact; called on a subclass, the file must hold that kind."""
+        artifact = load(path)
+        if cls is not Artifact and not isinstance(artifact, cls):
+            raise ArtifactError(f"{path} holds a {artifact.kind!r}, not a {cls.kind!r}")
+        return artifact
+
+    def check_model(self, fingerprint: str | None, *, strict: bool = False) -> None:
+        """Warn (or raise, when ``strict``) if ``fingerprint`` is not the one this was fitted on."""
+        expected = self.provenance.model_fingerprint
+        if expected is None or fingerprint is None or expected == fingerprint:
+            return
+        message = (
+            f"this {self.kind} was fitted on model {expected} but is used on {fingerprint}; "
+            "results may be meaningless (pass strict=False to allow, or refit on this model)"
+        )
+        if strict:
+            raise ArtifactError(message)
+        warnings.warn(message, FingerprintWarning, stacklevel=3)
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of an artifact file, without reading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"no artifact file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types
+        raise ArtifactError(f"{path} is not a readable .safetensors file: {error}") from error
+    if HEADER_KEY not in metadata:
+        raise ArtifactError(f"{path} is a safetensors file but not an almostlinear artifact")
+    return json.loads(metadata[HEADER_KEY])
+
+
+def load(path: str | os.PathLike) -> Artifact:
+    """Rebuild whatever artifact ``path`` holds."""
+    header = read_header(path)
+    if header.get("format_version", 0) > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} uses artifact format {header['format_version']}; this version of almostlinear "
+            f"reads up to {FORMAT_VERSION}: upgrade almostlinear"
+        )
+    kind = header.get("kind")
+    _import_families()
+    if kind not in _REGISTRY:
+        raise ArtifactError(f"unknown artifact kind {kind!r} in {path}; known: {sorted(_REGISTRY)}")
+    cls = _REGISTRY[kind]
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    provenance = Provenance(**header["provenance"])
+    try:
+        return cls(**tensors, **header["fields"], provenance=provenance)
+    except TypeError as error:
+        raise ArtifactError(f"{path} does not match {cls.__name__}: {error}") from error
+
+
+def registered_kinds() -> dict[str, type[Artifact]]:
+    _import_families()
+    return dict(_REGISTRY)
+
+
+def _import_families() -> None:
+    # Artifact classes register when their module is imported; import the families lazily here
+    # so that loading a file works without the caller importing the right package first.
+    import importlib
+
+    for name in ("almostlinear.probes",):
+        importlib.import_module(name)

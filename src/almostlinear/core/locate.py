@@ -1,0 +1,260 @@
+"""Find the parts of any HF transformer from the model itself, with no per-architecture tables.
+
+The rules, each checked on Llama, GPT-2, GPT-NeoX, Qwen2, Gemma and BERT in the tests:
+
+* blocks: the ``ModuleList`` whose length is the configured number of layers and whose members
+  share one class (the one with the most parameters, if several qualify);
+* attention: the block's child whose name mentions ``attn`` or ``attention``;
+* the attention's output projection: the last linear map inside the attention that writes
+  ``d_model`` features (``o_proj``, ``c_proj``, ``dense``, ``output.dense`` are all registered last);
+* the MLP's down projection: the linear map of the block, outside the attention, that writes
+  ``d_model`` features from a wider input; its input is the MLP "keys" that ROME edits;
+* final norm: a norm module registered beside the blocks, after them;
+* embeddings and head: ``get_input_embeddings`` / ``get_output_embeddings``.
+
+GPT-2's ``Conv1D`` stores its weight as ``[in, out]``; :func:`linear_weight` always returns
+``[out, in]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import LayerError, StructureError
+
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+_WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
+
+
+def is_linear(module: nn.Module) -> bool:
+    """True for ``nn.Linear`` and GPT-2 style ``Conv1D`` (weight stored ``[in, out]``)."""
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """``(out_features, in_features)`` of a linear-like module."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if _is_conv1d(module):
+        return module.weight.shape[1], module.weight.shape[0]
+    raise StructureError(f"{type(module).__name__} is not a linear layer")
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as ``[out, in]`` (a view; transposed for ``Conv1D``)."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if _is_conv1d(module):
+        return module.weight.T
+    raise StructureError(f"{type(module).__name__} is not a linear layer")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    name = type(module).__name__.lower()
+    return isinstance(module, nn.LayerNorm) or "norm" in name
+
+
+@dataclass(frozen=True)
+class Block:
+    """One residual block and the parts of it that levers touch."""
+
+    index: int
+    module: nn.Module
+    attention: nn.Module
+    attn_out_proj: nn.Module
+    mlp_down_proj: nn.Module
+    norms: tuple[nn.Module, ...]
+    path: str
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What :func:`locate` found in a model. Module objects, not names, so no string lookups later."""
+
+    model_type: str
+    d_model: int
+    d_mlp: int
+    n_layers: int
+    blocks_path: str
+    blocks: tuple[Block, ...]
+    final_norm: nn.Module | None
+    final_norm_path: str | None
+    embedding: nn.Module
+    unembedding: nn.Module | None
+    tied_embeddings: bool
+    transposed_weights: bool
+    n_params: int
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def block(self, layer: int) -> Block:
+        """Block ``layer``; negative indices count from the end; out of range raises ``LayerError``."""
+        if not -self.n_layers <= layer < self.n_layers:
+            raise LayerError(
+                f"layer {layer} is out of range: this model has {self.n_layers} blocks "
+                f"(valid layers 0..{self.n_layers - 1}, or negative from the end)"
+            )
+        return self.blocks[layer]
+
+    def summary(self) -> dict:
+        """JSON-ready description, for model cards and artifact headers."""
+        first = self.blocks[0]
+        return {
+            "model_type": self.model_type,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "d_mlp": self.d_mlp,
+            "n_params": self.n_params,
+            "blocks": f"{self.blocks_path}[0..{self.n_layers - 1}]",
+            "attention": type(first.attention).__name__,
+            "attn_out_proj": _relpath(first.path, first.module, first.attn_out_proj),
+            "mlp_down_proj": _relpath(first.path, first.module, first.mlp_down_proj),
+            "final_norm": self.final_norm_path,
+            "embedding": type(self.embedding).__name__,
+            "unembedding": type(self.unembedding).__name__ if self.unembedding is not None else None,
+            "tied_embeddings": self.tied_embeddings,
+            "transposed_weights (Conv1D)": self.transposed_weights,
+            "notes": list(self.notes),
+        }
+
+
+def _relpath(prefix: str, root: nn.Module, target: nn.Module) -> str:
+    for name, module in root.named_modules():
+        if module is target:
+            return f"{prefix}.{name}" if name else prefix
+    return "?"
+
+
+def _config_int(config, keys) -> int | None:
+    for source in (config, getattr(config, "text_config", None)):
+        if source is None:
+            continue
+        for key in keys:
+            value = getattr(source, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def _find_blocks(model: nn.Module, n_layers: int | None) -> tuple[str, nn.ModuleList]:
+    candidates = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        if n_layers is not None and len(module) != n_layers:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        candidates.append((size, name, module))
+    if not candidates:
+        raise StructureError(
+            f"no list of {n_layers if n_layers else 'identical'} blocks found in "
+            f"{type(model).__name__}; pass a transformer whose config states its layer count"
+        )
+    _, name, module = max(candidates, key=lambda c: c[0])
+    return name, module
+
+
+def _linears(module: nn.Module, exclude: nn.Module | None = None) -> list[tuple[str, nn.Module]]:
+    excluded = {id(m) for m in exclude.modules()} if exclude is not None else set()
+    return [(n, m) for n, m in module.named_modules() if is_linear(m) and id(m) not in excluded]
+
+
+def _find_attention(block: nn.Module) -> nn.Module:
+    for name, child in block.named_children():
+        lowered = name.lower()
+        if "attn" in lowered or "attention" in lowered:
+            if "norm" not in lowered and not _is_norm(child):
+                return child
+    raise StructureError(
+        f"no attention submodule in {type(block).__name__} (children: "
+        f"{[n for n, _ in block.named_children()]})"
+    )
+
+
+def _locate_block(index: int, path: str, block: nn.Module, d_model: int) -> tuple[Block, int]:
+    attention = _find_attention(block)
+    writers = [m for _, m in _linears(attention) if linear_shape(m)[0] == d_model]
+    if not writers:
+        raise StructureError(f"attention of block {index} has no projection back to d_model={d_model}")
+    down = [
+        (n, m)
+        for n, m in _linears(block, exclude=attention)
+        if linear_shape(m)[0] == d_model and linear_shape(m)[1] > d_model
+    ]
+    if len(down) != 1:
+        found = [n for n, _ in down]
+        raise StructureError(
+            f"expected one MLP down projection (d_mlp -> d_model={d_model}) in block {index}, "
+            f"found {found or 'none'}; mixture-of-experts blocks are not supported yet"
+        )
+    norms = tuple(m for _, m in block.named_children() if _is_norm(m))
+    found = Block(index, block, attention, writers[-1], down[0][1], norms, path)
+    return found, linear_shape(down[0][1])[1]
+
+
+def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    if "." not in path:
+        return model, path
+    parent_path, child = path.rsplit(".", 1)
+    return model.get_submodule(parent_path), child
+
+
+def _find_final_norm(model: nn.Module, blocks_path: str) -> tuple[nn.Module | None, str | None]:
+    parent, list_name = _parent(model, blocks_path)
+    prefix = blocks_path.rsplit(".", 1)[0] + "." if "." in blocks_path else ""
+    after = False
+    for name, child in parent.named_children():
+        if name == list_name:
+            after = True
+            continue
+        if after and _is_norm(child):
+            return child, prefix + name
+    return None, None
+
+
+def locate(model: nn.Module) -> Structure:
+    """Derive the :class:`Structure` of a transformer (decoder or encoder) from its modules."""
+    config = getattr(model, "config", None)
+    n_layers = _config_int(config, _LAYER_COUNT_KEYS) if config is not None else None
+    blocks_path, module_list = _find_blocks(model, n_layers)
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embedding is None:
+        raise StructureError(f"{type(model).__name__} exposes no input embedding")
+    d_model = (_config_int(config, _WIDTH_KEYS) if config is not None else None) or embedding.weight.shape[1]
+    blocks, widths = [], set()
+    for i, block in enumerate(module_list):
+        found, d_mlp = _locate_block(i, f"{blocks_path}.{i}", block, d_model)
+        blocks.append(found)
+        widths.add(d_mlp)
+    unembedding = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = unembedding is not None and unembedding.weight.data_ptr() == embedding.weight.data_ptr()
+    final_norm, final_norm_path = _find_final_norm(model, blocks_path)
+    notes = []
+    if final_norm is None:
+        notes.append("no final norm after the blocks (post-norm or encoder architecture)")
+    if unembedding is None:
+        notes.append("no output head: logit-based measurements are unavailable")
+    return Structure(
+        model_type=getattr(config, "model_type", type(model).__name__),
+        d_model=d_model,
+        d_mlp=max(widths),
+        n_layers=len(blocks),
+        blocks_path=blocks_path,
+        blocks=tuple(blocks),
+        final_norm=final_norm,
+        final_norm_path=final_norm_path,
+        embedding=embedding,
+        unembedding=unembedding,
+        tied_embeddings=tied,
+        transposed_weights=_is_conv1d(blocks[0].mlp_down_proj),
+        n_params=sum(p.numel() for p in model.parameters()),
+        notes=tuple(notes),
+    )

