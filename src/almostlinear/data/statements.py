@@ -32,7 +32,7 @@ _ARTICLE_WORDS = frozenset(
 
 @dataclass(frozen=True)
 class Statement:
-    """A sentence with its truth label; ``stated`` is the answer it asserts, ``truth`` the correct one."""
+    """A sentence and its label; ``stated``: the answer it asserts, ``truth``: the right one."""
 
     text: str
     label: bool
@@ -42,7 +42,7 @@ class Statement:
 
 
 def with_article(name: str) -> str:
-    """``"United States"`` -> ``"the United States"``; names without a customary article unchanged."""
+    """``"United States"`` -> ``"the United States"``; names without a customary article as is."""
     if name.startswith(("the ", "The ")) or not _ARTICLE_WORDS.intersection(name.split()):
         return name
     return "the " + name
@@ -55,10 +55,11 @@ def _render(template: str, subject: str, answer: str) -> str:
 def statements_from_facts(
     facts: Sequence[Fact], n: int, *, seed: int = 0, template: str
 ) -> list[Statement]:
-    """``n`` statements (``n/2`` true, ``n/2`` false) about ``n/2`` distinct subjects, shuffled by ``seed``."""
+    """``n`` statements, half true and half false, about ``n/2`` distinct subjects, seeded."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2 or n % 2:
         raise AlmostLinearError(
-            f"n must be an even integer >= 2 (one true and one false statement per fact); got {n!r}."
+            "n must be an even integer >= 2 (one true and one false statement per fact); "
+            f"got {n!r}."
         )
     unique: dict[str, Fact] = {}
     for fact in facts:
@@ -93,7 +94,7 @@ def city_statements(
     facts: list[Fact] | None = None,
     template: str = CITY_TEMPLATE,
 ) -> list[Statement]:
-    """True/false "city is in country" statements; ``facts`` defaults to :func:`city_country_facts`."""
+    """True/false "city is in country" statements from :func:`city_country_facts` by default."""
     return statements_from_facts(
         city_country_facts() if facts is None else facts, n, seed=seed, template=template
     )
@@ -106,7 +107,7 @@ def capital_statements(
     facts: list[Fact] | None = None,
     template: str = CAPITAL_TEMPLATE,
 ) -> list[Statement]:
-    """True/false "capital of country" statements; ``facts`` defaults to :func:`country_capital_facts`."""
+    """True/false "capital of country" statements from :func:`country_capital_facts` by default."""
     return statements_from_facts(
         country_capital_facts() if facts is None else facts, n, seed=seed, template=template
     )
@@ -169,7 +170,9 @@ def split(
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
-    raise TypeError(f"data_hash cannot encode {type(obj).__name__}; pass dataclasses or JSON values.")
+    raise TypeError(
+        f"data_hash cannot encode {type(obj).__name__}; pass dataclasses or JSON values."
+    )
 
 
 def data_hash(items: Iterable[Any]) -> str:

@@ -1,0 +1,31 @@
+"""Audit section: what the model is and what ``locate`` found in it."""
+
+from __future__ import annotations
+
+from .plan import AuditContext, Section
+from .schema import Metric, SectionResult
+
+
+class ModelCard(Section):
+    id = "model_card"
+    title = "Model card"
+
+    def finish(self, ctx: AuditContext) -> SectionResult:
+        s = ctx.structure
+        config = ctx.loaded.model.config
+        vocab = getattr(config, "vocab_size", None)
+        result = SectionResult(self.id, self.title)
+        result.metrics += [
+            Metric("parameters", s.n_params, "count"),
+            Metric("blocks", s.n_layers, "count"),
+            Metric("d_model", s.d_model, "features"),
+            Metric("d_mlp", s.d_mlp, "features"),
+            Metric("vocabulary", vocab, "tokens"),
+            Metric("tied_embeddings", int(s.tied_embeddings), "bool"),
+        ]
+        summary = s.summary()
+        result.notes += [f"{ctx.loaded.name}: {type(ctx.loaded.model).__name__} ({s.model_type}), "
+                         f"fingerprint {ctx.loaded.fingerprint}, loaded from {ctx.loaded.path}."]
+        result.notes += [f"{key}: {value}" for key, value in summary.items() if key != "notes"]
+        result.notes += list(s.notes)
+        return result

@@ -1,0 +1,28 @@
+"""The one place where audit sections are registered, in report order.
+
+A family adds its section by appending its class here; the planner serves every section from
+shared forward passes.
+"""
+
+from __future__ import annotations
+
+from ..lens.section import LogitLensSection
+from ..linearity.section import InterLayerLinearity
+from ..probes.section import TruthProbes
+from .model_card import ModelCard
+from .plan import Section
+
+SECTIONS: tuple[type[Section], ...] = (ModelCard, InterLayerLinearity, LogitLensSection, TruthProbes)
+
+
+def section_ids() -> list[str]:
+    return [cls.id for cls in SECTIONS]
+
+
+def make_sections(only: list[str] | None = None) -> list[Section]:
+    known = section_ids()
+    if only:
+        unknown = [s for s in only if s not in known]
+        if unknown:
+            raise ValueError(f"unknown audit section(s) {unknown}; the sections are {known}")
+    return [cls() for cls in SECTIONS if not only or cls.id in only]

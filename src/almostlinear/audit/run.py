@@ -1,0 +1,71 @@
+"""``run_audit``: load a model, run the registered sections over shared forward passes, write the report."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..core.models import DEFAULT_MODEL, LoadedModel, load
+from .plan import AuditContext, Budget, run_sections
+from .registry import make_sections
+from .report import render_html, terminal_summary, write_atomically
+from .schema import SCHEMA_VERSION, SectionResult, to_json
+
+
+@dataclass
+class AuditReport:
+    report: dict
+    sections: list[SectionResult]
+
+    def section(self, section_id: str) -> SectionResult:
+        for s in self.sections:
+            if s.id == section_id:
+                return s
+        raise KeyError(f"no section {section_id!r}; sections: {[s.id for s in self.sections]}")
+
+    def summary(self) -> str:
+        return terminal_summary(self.report, self.sections)
+
+
+def run_audit(model: str | LoadedModel = DEFAULT_MODEL, *, out: str | Path | None = None, quick: bool = False,
+              device: str = "cpu", sections: list[str] | None = None, seed: int = 0,
+              budget: Budget | None = None, progress=print, progress_bar=None) -> AuditReport:
+    """Audit ``model`` and, when ``out`` is given, write ``report.json`` and ``report.html`` there.
+
+    Nothing is written unless every step up to rendering succeeded; a section that fails is
+    reported as failed while the others complete.
+    """
+    began = time.perf_counter()
+    chosen = make_sections(sections)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device on this machine")
+    loaded = model if isinstance(model, LoadedModel) else load(model, device=device, progress=progress)
+    budget = budget or (Budget.quick() if quick else Budget.full())
+    ctx = AuditContext(loaded, budget, seed=seed, progress=progress)
+    from .sources import texts_for
+
+    results = run_sections(ctx, chosen, lambda source: texts_for(ctx, source), progress_bar=progress_bar)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "almostlinear", "version": __version__},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": time.perf_counter() - began,
+        "settings": {"quick": quick, "device": device, "seed": seed, "threads": torch.get_num_threads(),
+                     "budget": to_json(budget), "sections": [s.id for s in chosen]},
+        "model": {"name": loaded.name, "path": loaded.path, "kind": loaded.kind,
+                  "fingerprint": loaded.fingerprint, "structure": loaded.structure.summary()},
+        "sections": to_json(results),
+    }
+    result = AuditReport(report, results)
+    if out is not None:
+        write_atomically(Path(out), {
+            "report.json": json.dumps(report, indent=1, ensure_ascii=False),
+            "report.html": render_html(report, results),
+        })
+    return result

@@ -1,0 +1,98 @@
+"""Command line: a thin layer over the library that parses, calls and shows progress."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _threads(value: int | None) -> None:
+    import torch
+
+    # Chosen deliberately: BLAS defaults can oversubscribe small machines and slow small solves.
+    torch.set_num_threads(value or max(1, os.cpu_count() or 1))
+
+
+def _progress_bar(total: int, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="text", file=sys.stderr)
+
+
+def _say(message: str) -> None:
+    print(f"· {message}", file=sys.stderr, flush=True)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import run_audit
+
+    _threads(args.threads)
+    sections = args.sections.split(",") if args.sections else None
+    report = run_audit(args.model, out=args.out, quick=args.quick, device=args.device, sections=sections,
+                       seed=args.seed, progress=_say, progress_bar=_progress_bar)
+    print(report.summary())
+    print(f"wrote {os.path.join(args.out, 'report.json')} and {os.path.join(args.out, 'report.html')}")
+    failed = [s.id for s in report.sections if s.status == "failed"]
+    if failed:
+        print(f"sections that failed: {', '.join(failed)} (see the report's notes)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .core.models import available
+
+    rows = available()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
+        state = "installed" if row["installed"] else f"not installed ({row['install']})"
+        default = " [default]" if row["default"] else ""
+        print(f"{row['name']}{default}: {row['description']}")
+        print(f"    {state}; source: {row['source'] or '-'}")
+        if row["converted_cache"]:
+            print(f"    converted cache: {row['converted_cache']}")
+    print("Also accepted: a local Hugging Face folder (with config.json), or a hub id owner/name when online.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .core.models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="almostlinear", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"almostlinear {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    audit = sub.add_parser("audit", help="measure how linear a model is, beside the literature's values")
+    audit.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, local folder, or hub id")
+    audit.add_argument("--out", default="audit-out", help="folder for report.json and report.html")
+    audit.add_argument("--quick", action="store_true", help="a small token budget: minutes on 2 CPU cores")
+    audit.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    audit.add_argument("--sections", default=None, help="comma-separated subset of section ids")
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    audit.set_defaults(func=cmd_audit)
+
+    models = sub.add_parser("models", help="list the models available offline")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .core.errors import AlmostLinearError
+
+    try:
+        return args.func(args)
+    except AlmostLinearError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no report was written", file=sys.stderr)
+        return 130
