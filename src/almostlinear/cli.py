@@ -30,8 +30,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     _threads(args.threads)
     sections = args.sections.split(",") if args.sections else None
+    texts = None
+    if args.texts:
+        from .core.errors import EmptyDataError
+
+        with open(args.texts, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+        if not lines:
+            raise EmptyDataError(f"{args.texts} has no non-empty lines")
+        texts = {"neutral": lines}
     report = run_audit(args.model, out=args.out, quick=args.quick, device=args.device, sections=sections,
-                       seed=args.seed, progress=_say, progress_bar=_progress_bar)
+                       seed=args.seed, texts=texts, progress=_say, progress_bar=_progress_bar)
     print(report.summary())
     print(f"wrote {os.path.join(args.out, 'report.json')} and {os.path.join(args.out, 'report.html')}")
     failed = [s.id for s in report.sections if s.status == "failed"]
@@ -74,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     audit.add_argument("--sections", default=None, help="comma-separated subset of section ids")
     audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--texts", default=None,
+                       help="a UTF-8 file, one text per line, to use instead of model-generated neutral text")
     audit.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     audit.set_defaults(func=cmd_audit)
 

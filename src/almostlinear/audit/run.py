@@ -35,8 +35,12 @@ class AuditReport:
 
 def run_audit(model: str | LoadedModel = DEFAULT_MODEL, *, out: str | Path | None = None, quick: bool = False,
               device: str = "cpu", sections: list[str] | None = None, seed: int = 0,
-              budget: Budget | None = None, progress=print, progress_bar=None) -> AuditReport:
+              budget: Budget | None = None, texts: dict[str, list] | None = None, progress=print,
+              progress_bar=None) -> AuditReport:
     """Audit ``model`` and, when ``out`` is given, write ``report.json`` and ``report.html`` there.
+
+    ``texts`` replaces a text source with the caller's own: ``{"neutral": [str, ...]}`` for the
+    linearity and lens sections, ``{"cities": [Statement, ...]}`` for the truth probes.
 
     Nothing is written unless every step up to rendering succeeded; a section that fails is
     reported as failed while the others complete.
@@ -47,7 +51,7 @@ def run_audit(model: str | LoadedModel = DEFAULT_MODEL, *, out: str | Path | Non
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device on this machine")
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device, progress=progress)
     budget = budget or (Budget.quick() if quick else Budget.full())
-    ctx = AuditContext(loaded, budget, seed=seed, progress=progress)
+    ctx = AuditContext(loaded, budget, seed=seed, progress=progress, sources=dict(texts or {}))
     from .sources import texts_for
 
     results = run_sections(ctx, chosen, lambda source: texts_for(ctx, source), progress_bar=progress_bar)
@@ -56,7 +60,7 @@ def run_audit(model: str | LoadedModel = DEFAULT_MODEL, *, out: str | Path | Non
         "tool": {"name": "almostlinear", "version": __version__},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": time.perf_counter() - began,
-        "settings": {"quick": quick, "device": device, "seed": seed, "threads": torch.get_num_threads(),
+        "settings": {"quick": quick, "own_texts": sorted(texts or {}), "device": device, "seed": seed, "threads": torch.get_num_threads(),
                      "budget": to_json(budget), "sections": [s.id for s in chosen]},
         "model": {"name": loaded.name, "path": loaded.path, "kind": loaded.kind,
                   "fingerprint": loaded.fingerprint, "structure": loaded.structure.summary()},

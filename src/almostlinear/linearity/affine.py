@@ -49,6 +49,7 @@ def affine_r2(fit: AffineFit, moments: RunningMoments) -> float:
     A = fit.A
     shift = (moments.mean_y - fit.y_mean) - (moments.mean_x - fit.x_mean) @ A
     sse = torch.trace(cyy) - 2 * torch.sum(A * cxy) + torch.sum(A * (cxx @ A)) + shift @ shift
+    sse = sse.clamp_min(0)  # a sum of squares; the expanded form can round to a tiny negative number
     sst = torch.trace(cyy)
     if sst <= 0:
         raise EmptyDataError("y has no variance on these data; the score is undefined")

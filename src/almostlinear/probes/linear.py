@@ -40,7 +40,7 @@ class LinearProbe(Artifact):
         return self.decision(x) > 0
 
     def score(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        return float((self.predict(x) == y.bool()).float().mean())
+        return float((self.predict(x) == y.bool()).double().mean())
 
 
 def _prepare(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:

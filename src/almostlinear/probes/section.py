@@ -68,10 +68,12 @@ class TruthProbes(Section):
             Metric("chance_accuracy", 0.5, "fraction", note="classes are balanced by construction"),
             Metric("statements_train", int(len(train)), "statements"),
             Metric("statements_test", int(len(test)), "statements"),
-            Metric("known_fact_share", meta.get("known_share"), "fraction",
-                   note=f"of the {meta.get('candidates')} most populous candidate cities, the share whose country "
-                        "the model ranks first among all countries"),
         ]
+        if meta:
+            result.metrics.append(Metric(
+                "known_fact_share", meta["known_share"], "fraction",
+                note=f"of the {meta['candidates']} most populous candidate cities, the share whose country the "
+                     "model ranks first among all countries"))
         layers = list(range(len(curves["logistic"])))
         result.figures.append(Figure(
             "truth_probe_accuracy", "Held-out accuracy of truth probes per block", "block", "accuracy",

@@ -1,0 +1,101 @@
+import json
+import math
+
+import pytest
+import torch
+
+from almostlinear.audit import Budget, run_audit
+from almostlinear.audit.schema import SCHEMA_VERSION
+from almostlinear.cli import main
+from almostlinear.core.errors import NonFiniteError
+from almostlinear.core.models import LoadedModel
+from almostlinear.data import Statement
+from conftest import TEXTS, build_model, make_tokenizer
+
+BUDGET = Budget(neutral_texts=24, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40,
+                batch_size=4)
+PLACES = [("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Tokyo", "Japan")]
+
+
+def _statements():
+    out = []
+    for i, (city, country) in enumerate(PLACES * 4):
+        wrong = PLACES[(i + 1) % len(PLACES)][1]
+        subject = f"{city}{i}"  # distinct subjects so the split has many groups
+        out.append(Statement(f"the city {city} is in {country} .", True, subject, country, country))
+        out.append(Statement(f"the city {city} is in {wrong} .", False, subject, wrong, country))
+    return out
+
+
+def _loaded(family="llama"):
+    kind = "encoder" if family == "bert" else "causal-lm"
+    return LoadedModel(build_model(family), make_tokenizer(), f"tiny-{family}", "memory", kind)
+
+
+def _texts():
+    return {"neutral": list(TEXTS) * 4, "cities": _statements()}
+
+
+def _check_schema(report: dict) -> None:
+    assert report["schema_version"] == SCHEMA_VERSION
+    assert set(report["model"]) >= {"name", "path", "kind", "fingerprint", "structure"}
+    for section in report["sections"]:
+        assert set(section) >= {"id", "title", "status", "metrics", "figures", "notes"}
+        for metric in section["metrics"]:
+            assert set(metric) >= {"name", "value", "unit", "reference", "source"}
+            value = metric["value"]
+            assert value is None or (isinstance(value, (int, float)) and math.isfinite(value))
+        for figure in section["figures"]:
+            for series in figure["series"]:
+                assert len(series["x"]) == len(series["y"])
+
+
+def test_audit_of_a_tiny_llama_writes_a_complete_report(tmp_path):
+    report = run_audit(_loaded(), out=tmp_path, budget=BUDGET, texts=_texts(), progress=lambda _: None)
+    assert [s.status for s in report.sections] == ["ok"] * 4, [s.notes for s in report.sections]
+    data = json.loads((tmp_path / "report.json").read_text())
+    _check_schema(data)
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("<svg") == sum(len(s.figures) for s in report.sections)
+    linearity = report.section("interlayer_linearity")
+    for layer in range(2):
+        assert 0.0 <= linearity.metric("linearity_in_sample", layer).value <= 1.0
+    lens = report.section("logit_lens")
+    assert lens.metric("logit_lens_kl_last_block").value == pytest.approx(0.0, abs=1e-4)
+    truth = report.section("truth_probes")
+    assert truth.metric("statements_train").value + truth.metric("statements_test").value == 40
+    assert "tiny-llama" in report.summary()
+
+
+def test_encoder_audit_skips_logit_sections_with_reasons(tmp_path):
+    report = run_audit(_loaded("bert"), budget=BUDGET, texts=_texts(), progress=lambda _: None)
+    status = {s.id: s.status for s in report.sections}
+    assert status == {"model_card": "ok", "interlayer_linearity": "ok", "logit_lens": "skipped",
+                      "truth_probes": "skipped"}
+    assert "output head" in report.section("logit_lens").notes[0]
+
+
+def test_failed_audit_leaves_the_previous_report_untouched(tmp_path):
+    run_audit(_loaded(), out=tmp_path, budget=BUDGET, texts=_texts(), progress=lambda _: None,
+              sections=["model_card"])
+    before = (tmp_path / "report.json").read_bytes()
+    broken = _loaded()
+    with torch.no_grad():
+        broken.model.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="NaN"):
+        run_audit(broken, out=tmp_path, budget=BUDGET, texts=_texts(), progress=lambda _: None)
+    assert (tmp_path / "report.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json"]
+
+
+def test_unknown_section_is_refused():
+    with pytest.raises(ValueError, match="unknown audit section"):
+        run_audit(_loaded(), sections=["no_such_section"], texts=_texts(), budget=BUDGET)
+
+
+def test_cli_reports_unknown_model_and_lists_models(capsys):
+    assert main(["audit", "--model", "no-such-model", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "smollm2-135m" in err and "minilm-l6" in err
+    assert main(["models"]) == 0
+    assert "smollm2-135m" in capsys.readouterr().out
