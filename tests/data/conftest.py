@@ -1,4 +1,4 @@
-"""Tiny in-memory tokenizer and Llama model for the data tests: no downloads, built in milliseconds."""
+"""Tiny in-memory tokenizer and Llama model for the data tests: no downloads, built in ms."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ EXTRA_WORDS = (
 
 
 def make_tokenizer(extra: str = EXTRA_WORDS) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over the words of the neutral seeds, the fallback texts and ``extra``."""
+    """Word-level tokenizer over the words of the neutral seeds, fallback texts and ``extra``."""
     pre = pre_tokenizers.Whitespace()
     words: dict[str, None] = {}
     for text in (*NEUTRAL_SEEDS, *FALLBACK_TEXTS, extra):
