@@ -10,7 +10,7 @@ from almostlinear.cli import main
 from almostlinear.core.errors import NonFiniteError
 from almostlinear.core.models import LoadedModel
 from almostlinear.data import Statement
-from conftest import TEXTS, build_model, make_tokenizer
+from tiny_models import TEXTS, build_model, make_tokenizer
 
 BUDGET = Budget(neutral_texts=24, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40,
                 batch_size=4)

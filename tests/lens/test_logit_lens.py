@@ -29,7 +29,7 @@ def test_kl_matches_definition():
 
 
 def test_encoder_without_head_is_refused():
-    from conftest import build_model
+    from tiny_models import build_model
 
     with pytest.raises(StructureError, match="output head"):
         LogitLens.from_structure(locate(build_model("bert")))

@@ -71,12 +71,17 @@ class Artifact:
 
     def _split(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, plain = {}, {}
+        seen: set[int] = set()
         for f in dataclasses.fields(self):
             if f.name == "provenance":
                 continue
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
-                tensors[f.name] = value.detach().to("cpu").contiguous()
+                tensor = value.detach().to("cpu").contiguous()
+                if tensor.numel() and tensor.data_ptr() in seen:
+                    tensor = tensor.clone()  # safetensors refuses two names for one memory
+                seen.add(tensor.data_ptr())
+                tensors[f.name] = tensor
             else:
                 plain[f.name] = value
         return tensors, plain
@@ -142,7 +147,13 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(f"{path} is not a readable .safetensors file: {error}") from error
     if HEADER_KEY not in metadata:
         raise ArtifactError(f"{path} is a safetensors file but not an almostlinear artifact")
-    return json.loads(metadata[HEADER_KEY])
+    try:
+        header = json.loads(metadata[HEADER_KEY])
+    except ValueError as error:
+        raise ArtifactError(f"{path} has a corrupt almostlinear header: {error}") from error
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{path} has a corrupt almostlinear header: expected a JSON object")
+    return header
 
 
 def load(path: str | os.PathLike) -> Artifact:
@@ -160,9 +171,9 @@ def load(path: str | os.PathLike) -> Artifact:
     cls = _REGISTRY[kind]
     with safe_open(str(path), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    provenance = Provenance(**header["provenance"])
     try:
-        return cls(**tensors, **header["fields"], provenance=provenance)
+        provenance = Provenance(**header.get("provenance", {}))
+        return cls(**tensors, **header.get("fields", {}), provenance=provenance)
     except TypeError as error:
         raise ArtifactError(f"{path} does not match {cls.__name__}: {error}") from error
 
@@ -178,4 +189,8 @@ def _import_families() -> None:
     import importlib
 
     for name in ("almostlinear.probes",):
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:  # the family exists but one of its imports is broken: say so
+                raise

@@ -2,23 +2,25 @@
 
 Every context manager here installs PyTorch hooks on entry and removes them in ``finally``, so on
 exit the model is exactly as before, also when the body raises. Weights are never touched and
-activations are never edited in place: each hook returns a new tensor. Hooks are registered with
-``prepend=True`` so they see the activation before any hook another library added.
+activations are never edited in place: each hook returns a new tensor. Hooks run before any hook
+another library added, and after those of almostlinear contexts already open, so nested contexts
+act in the order they were entered.
 
 Token positions are chosen per sequence among its real tokens (padding excluded), from the
 ``attention_mask`` the model was called with. During ``generate`` with a KV cache each forward
 sees only the new tokens; positions are still counted from the start of the whole sequence.
 
 Position policies: ``"all"`` (every real token), ``"last"`` (the last real token of each forward
-call, so every new token while generating), ``"first"``, a list of ints (indices among the real
-tokens; negative ones count from the end), or a callable ``f(index, mask) -> bool[batch, seq]``
-receiving each position's index among real tokens and the padding mask.
+call, so every new token while generating), ``"first"``, an int or a list of ints (indices among
+the real tokens; negative ones count from the end), or a callable ``f(index, mask) -> bool[batch,
+seq]`` receiving each position's index among real tokens and the padding mask.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -67,21 +69,24 @@ def position_mask(policy: Positions, attention_mask: torch.Tensor | None, shape:
     real_index = full.long().cumsum(-1) - 1
     n_real = full.sum(-1, keepdim=True)
     mask, index = full[:, -seq:], real_index[:, -seq:]
-    if policy == "all":
-        return mask
-    if policy == "last":
-        last = torch.where(mask, torch.arange(seq, device=device), -1).amax(-1, keepdim=True)
-        return mask & (torch.arange(seq, device=device) == last)
-    if policy == "first":
-        return mask & (index == 0)
+    if isinstance(policy, str):
+        if policy == "all":
+            return mask
+        if policy == "last":
+            last = torch.where(mask, torch.arange(seq, device=device), -1).amax(-1, keepdim=True)
+            return mask & (torch.arange(seq, device=device) == last)
+        if policy == "first":
+            return mask & (index == 0)
+        raise ShapeError(f"unknown position policy {policy!r}: use 'all', 'last', 'first', ints or a function")
     if callable(policy):
         chosen = policy(index, mask)
         if chosen.shape != mask.shape:
             raise ShapeError(f"position function returned shape {tuple(chosen.shape)}, expected {(batch, seq)}")
         return mask & chosen.bool()
-    if isinstance(policy, str):
-        raise ShapeError(f"unknown position policy {policy!r}: use 'all', 'last', 'first', ints or a function")
-    wanted = torch.tensor(list(policy), dtype=torch.long, device=device)
+    # ints, also given as a numpy array or tensor (compared with "all" above, those would be ambiguous)
+    if isinstance(policy, numbers.Integral) or (isinstance(policy, torch.Tensor) and policy.dim() == 0):
+        policy = [policy]
+    wanted = torch.as_tensor([int(p) for p in policy], dtype=torch.long, device=device)
     if wanted.numel() == 0:
         return torch.zeros_like(mask)
     absolute = torch.where(wanted[None, :] < 0, n_real + wanted[None, :], wanted[None, :])
@@ -94,6 +99,19 @@ class _Slot:
 
     edits: list[tuple[Positions, Edit]] = field(default_factory=list)
     handle: torch.utils.hooks.RemovableHandle | None = None
+
+
+def _after_ours(hooks, new_id: int) -> None:
+    """Order a module's hooks as: ours from enclosing contexts, the new one, everything else.
+
+    ``prepend=True`` puts the new hook before hooks other libraries added; this also keeps it after
+    the hooks of almostlinear contexts already open, so nested contexts act in the order they were
+    entered (``record`` inside ``add`` at the same site reads the steered activation).
+    """
+    ours = [k for k, fn in hooks.items() if k != new_id and getattr(fn, "_almostlinear", False)]
+    others = [k for k in hooks if k != new_id and k not in ours]
+    for key in (*ours, new_id, *others):
+        hooks.move_to_end(key)
 
 
 class _Dispatcher:
@@ -153,7 +171,10 @@ class _Dispatcher:
                 new = self._run(slot, kwargs["hidden_states"])
                 return args, {**kwargs, "hidden_states": new}
 
-            return module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
+            pre_hook._almostlinear = True  # type: ignore[attr-defined]
+            handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
+            _after_ours(module._forward_pre_hooks, handle.id)
+            return handle
 
         def hook(_module, _args, output):
             if isinstance(output, tuple):
@@ -162,7 +183,10 @@ class _Dispatcher:
                 return self._run(slot, output)
             raise ShapeError(f"cannot hook output of type {type(output).__name__}")
 
-        return module.register_forward_hook(hook, prepend=True)
+        hook._almostlinear = True  # type: ignore[attr-defined]
+        handle = module.register_forward_hook(hook, prepend=True)
+        _after_ours(module._forward_hooks, handle.id)
+        return handle
 
     def remove(self) -> None:
         while self.handles:
@@ -274,6 +298,8 @@ def replace(model: nn.Module, site, values: torch.Tensor | Callable[[torch.Tenso
         if vector.dim() != 1:
             raise ShapeError(f"expected a vector [d] or a function, got shape {tuple(vector.shape)}")
         _check_width(structure, site, vector.shape[0], "the replacement")
+        if not torch.isfinite(vector).all():
+            raise NonFiniteError("the replacement contains NaN or infinite values")
 
     def edit(hidden, chosen):
         new = values(hidden) if callable(values) else _vector_for(vector, hidden, cache).expand_as(hidden)

@@ -4,7 +4,8 @@ The rules, each checked on Llama, GPT-2, GPT-NeoX, Qwen2, Gemma and BERT in the 
 
 * blocks: the ``ModuleList`` whose length is the configured number of layers and whose members
   share one class (the one with the most parameters, if several qualify);
-* attention: the block's child whose name mentions ``attn`` or ``attention``;
+* attention: the block's child whose name mentions ``attn`` or ``attention`` and that holds linear
+  maps (norms and dropouts named after the attention are skipped);
 * the attention's output projection: the last linear map inside the attention that writes
   ``d_model`` features (``o_proj``, ``c_proj``, ``dense``, ``output.dense`` are all registered last);
 * the MLP's down projection: the linear map of the block, outside the attention, that writes
@@ -171,7 +172,9 @@ def _find_attention(block: nn.Module) -> nn.Module:
     for name, child in block.named_children():
         lowered = name.lower()
         if "attn" in lowered or "attention" in lowered:
-            if "norm" not in lowered and not _is_norm(child):
+            # Skip norms and parameter-free wrappers named after the attention (GPT-NeoX has
+            # ``post_attention_layernorm`` and ``post_attention_dropout`` beside ``attention``).
+            if "norm" not in lowered and not _is_norm(child) and _linears(child):
                 return child
     raise StructureError(
         f"no attention submodule in {type(block).__name__} (children: "

@@ -17,6 +17,7 @@ residual addition or post-norm the architecture applies.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,7 +40,9 @@ class Site:
     def __post_init__(self) -> None:
         if self.name not in SITE_NAMES:
             raise SiteError(f"unknown site {self.name!r}; the sites are {', '.join(SITE_NAMES)}")
-        if not isinstance(self.layer, int):
+        if isinstance(self.layer, numbers.Integral) and not isinstance(self.layer, bool):
+            object.__setattr__(self, "layer", int(self.layer))  # numpy integers too
+        else:
             raise SiteError(f"layer must be an int, got {self.layer!r}")
 
     @classmethod
