@@ -451,3 +451,27 @@ def test_smollm2_add_is_reversible(smollm2):
         steered = _out(model, inputs)
     assert not torch.allclose(steered, before)
     assert torch.equal(_out(model, inputs), before)
+
+
+def test_padding_is_respected_when_the_inner_base_model_is_called():
+    """Calling ``model.model`` directly (no LM head) still reads the padding mask."""
+    from almostlinear import add, locate, record
+
+    model = build_model("llama")
+    tokenizer = make_tokenizer()
+    tokenizer.padding_side = "right"
+    batch = tokenizer(["the cat is on the road", "a dog"], return_tensors="pt", padding=True)
+    structure = locate(model)
+    with torch.no_grad():
+        with record(model, ["resid_post.0"], keep_full=True, structure=structure) as before:
+            model.model(**batch)
+        with add(model, "resid_post.0", torch.ones(D_MODEL), scale=5.0, structure=structure):
+            with record(model, ["resid_post.0"], keep_full=True, structure=structure) as after:
+                model.model(**batch)
+    plain, steered = before.full("resid_post.0")[0], after.full("resid_post.0")[0]
+    pads = ~batch["attention_mask"].bool()
+    assert pads.any()
+    assert torch.equal(plain[pads], steered[pads])
+    assert torch.allclose(steered[~pads] - plain[~pads], torch.full_like(plain[~pads], 5.0), atol=1e-5)
+    # the recording saw only real tokens
+    assert after["resid_post.0"].shape[0] == int(batch["attention_mask"].sum())

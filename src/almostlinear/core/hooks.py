@@ -44,6 +44,7 @@ class _Call:
     """What the hooks need to know about the forward pass in progress."""
 
     attention_mask: torch.Tensor | None = None
+    depth: int = 0  # how many entry modules are inside their forward
 
 
 def _mask_from_call(signature, args, kwargs) -> torch.Tensor | None:
@@ -122,22 +123,32 @@ class _Dispatcher:
         self.call = _Call()
         self.slots: dict[tuple[int, Point], _Slot] = {}
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
-        try:
-            self.signature = inspect.signature(model.forward)
-        except (TypeError, ValueError):
-            self.signature = None
 
-    def install_call_hooks(self) -> None:
-        def before(_module, args, kwargs):
-            self.call.attention_mask = _mask_from_call(self.signature, args, kwargs)
+    def install_call_hooks(self, entries: list[nn.Module]) -> None:
+        """Read ``attention_mask`` wherever a forward pass may start: the model or its inner base model.
 
-        def after(_module, _args, _kwargs, _output):
-            self.call.attention_mask = None
+        The outermost call that states a 2-D mask wins; a nested call (the base model inside the
+        causal LM) only fills it in when the outer call had none.
+        """
+        for entry in entries:
+            try:
+                signature = inspect.signature(entry.forward)
+            except (TypeError, ValueError):
+                signature = None
 
-        self.handles.append(self.model.register_forward_pre_hook(before, with_kwargs=True, prepend=True))
-        self.handles.append(
-            self.model.register_forward_hook(after, with_kwargs=True, always_call=True)
-        )
+            def before(_module, args, kwargs, signature=signature):
+                mask = _mask_from_call(signature, args, kwargs)
+                if self.call.depth == 0 or self.call.attention_mask is None:
+                    self.call.attention_mask = mask
+                self.call.depth += 1
+
+            def after(_module, _args, _kwargs, _output):
+                self.call.depth -= 1
+                if self.call.depth == 0:
+                    self.call.attention_mask = None
+
+            self.handles.append(entry.register_forward_pre_hook(before, with_kwargs=True, prepend=True))
+            self.handles.append(entry.register_forward_hook(after, with_kwargs=True, always_call=True))
 
     def attach(self, module: nn.Module, point: Point, positions: Positions, edit: Edit) -> None:
         key = (id(module), point)
@@ -194,6 +205,13 @@ class _Dispatcher:
         self.slots.clear()
 
 
+def _entry_modules(model: nn.Module, structure: Structure) -> list[nn.Module]:
+    """The model and the module that owns its blocks (e.g. ``model.model``), if different."""
+    owner_path = structure.blocks_path.rsplit(".", 1)[0] if "." in structure.blocks_path else ""
+    owner = model.get_submodule(owner_path) if owner_path else model
+    return [model] if owner is model else [model, owner]
+
+
 @contextlib.contextmanager
 def intervene(model: nn.Module, edits: dict, *, positions: Positions = "all",
               structure: Structure | None = None) -> Iterator[None]:
@@ -206,7 +224,7 @@ def intervene(model: nn.Module, edits: dict, *, positions: Positions = "all",
     structure = structure or locate(model)
     dispatcher = _Dispatcher(model)
     try:
-        dispatcher.install_call_hooks()
+        dispatcher.install_call_hooks(_entry_modules(model, structure))
         for site_key, edit in edits.items():
             (site,) = as_sites(structure, site_key)
             module, point = site.target(structure)
