@@ -11,6 +11,7 @@ deepest requested site, which skips the later blocks, the final norm and the une
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -119,6 +120,8 @@ def stream(model: nn.Module, tokenizer, texts: Sequence[str], sites, *, position
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = model_device(model)
     policy = _skipping_first(positions) if skip_first else positions
+    # A KV cache is useless for one pass over whole texts; building it costs time and memory.
+    extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
         inputs = tokenize(tokenizer, chunk, max_length=max_length, device=device)
@@ -127,7 +130,7 @@ def stream(model: nn.Module, tokenizer, texts: Sequence[str], sites, *, position
         with torch.inference_mode(), record(model, sites, positions=policy, stop_after=not logits,
                                             structure=structure) as rec:
             try:
-                out = model(**inputs, use_cache=False) if logits else model(**inputs)
+                out = model(**inputs, **extra)
             except StopForward:
                 pass
         chosen = position_mask(policy, inputs["attention_mask"], mask.shape, device)
