@@ -52,7 +52,7 @@ def _check_schema(report: dict) -> None:
 
 def test_audit_of_a_tiny_llama_writes_a_complete_report(tmp_path):
     report = run_audit(_loaded(), out=tmp_path, budget=BUDGET, texts=_texts(), progress=lambda _: None)
-    assert [s.status for s in report.sections] == ["ok"] * 4, [s.notes for s in report.sections]
+    assert all(s.status == "ok" for s in report.sections), [(s.id, s.notes) for s in report.sections]
     data = json.loads((tmp_path / "report.json").read_text())
     _check_schema(data)
     html = (tmp_path / "report.html").read_text()
@@ -70,8 +70,9 @@ def test_audit_of_a_tiny_llama_writes_a_complete_report(tmp_path):
 def test_encoder_audit_skips_logit_sections_with_reasons(tmp_path):
     report = run_audit(_loaded("bert"), budget=BUDGET, texts=_texts(), progress=lambda _: None)
     status = {s.id: s.status for s in report.sections}
-    assert status == {"model_card": "ok", "interlayer_linearity": "ok", "logit_lens": "skipped",
-                      "truth_probes": "skipped"}
+    assert status["logit_lens"] == status["truth_probes"] == "skipped"
+    assert {k: v for k, v in status.items() if k not in ("logit_lens", "truth_probes")} == dict.fromkeys(
+        (k for k in status if k not in ("logit_lens", "truth_probes")), "ok")
     assert "output head" in report.section("logit_lens").notes[0]
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 from ..lens.section import LogitLensSection
 from ..linearity.section import InterLayerLinearity
 from ..probes.section import TruthProbes
+from ..spectra.section import SpectraSection
 from .model_card import ModelCard
 from .plan import Section
 
-SECTIONS: tuple[type[Section], ...] = (ModelCard, InterLayerLinearity, LogitLensSection, TruthProbes)
+SECTIONS: tuple[type[Section], ...] = (
+    ModelCard, InterLayerLinearity, LogitLensSection, TruthProbes, SpectraSection,
+)
 
 
 def section_ids() -> list[str]:
