@@ -32,6 +32,7 @@ class Budget:
     lens_tokens: int
     statements: int
     fact_candidates: int
+    similarity_tokens: int = 2000
     max_length: int = 128
     batch_size: int = 8
 
@@ -43,7 +44,7 @@ class Budget:
     @classmethod
     def full(cls) -> Budget:
         return cls(neutral_texts=256, neutral_new_tokens=120, lens_tokens=4096, statements=1000,
-                   fact_candidates=3000, batch_size=16)
+                   fact_candidates=3000, similarity_tokens=4000, batch_size=16)
 
 
 @dataclass

@@ -9,12 +9,13 @@ from __future__ import annotations
 from ..lens.section import LogitLensSection
 from ..linearity.section import InterLayerLinearity
 from ..probes.section import TruthProbes
+from ..similarity.section import SimilaritySection
 from ..spectra.section import SpectraSection
 from .model_card import ModelCard
 from .plan import Section
 
 SECTIONS: tuple[type[Section], ...] = (
-    ModelCard, InterLayerLinearity, LogitLensSection, TruthProbes, SpectraSection,
+    ModelCard, InterLayerLinearity, LogitLensSection, TruthProbes, SpectraSection, SimilaritySection,
 )
 
 
