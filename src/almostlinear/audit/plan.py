@@ -43,7 +43,7 @@ class Budget:
 
     @classmethod
     def full(cls) -> Budget:
-        return cls(neutral_texts=256, neutral_new_tokens=120, lens_tokens=4096, statements=1000,
+        return cls(neutral_texts=160, neutral_new_tokens=112, lens_tokens=4096, statements=1000,
                    fact_candidates=3000, similarity_tokens=4000, batch_size=16)
 
 
