@@ -11,11 +11,13 @@ from ..linearity.section import InterLayerLinearity
 from ..probes.section import TruthProbes
 from ..similarity.section import SimilaritySection
 from ..spectra.section import SpectraSection
+from ..truth.section import TruthDirectionsSection
 from .model_card import ModelCard
 from .plan import Section
 
 SECTIONS: tuple[type[Section], ...] = (
-    ModelCard, InterLayerLinearity, LogitLensSection, TruthProbes, SpectraSection, SimilaritySection,
+    ModelCard, InterLayerLinearity, LogitLensSection, TruthProbes, TruthDirectionsSection, SpectraSection,
+    SimilaritySection,
 )
 
 

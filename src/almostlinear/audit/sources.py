@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import data
+from ..truth.prompts import cities_contrast_source
 from ..core.errors import EmptyDataError
 from .plan import AuditContext
 
@@ -10,7 +11,7 @@ from .plan import AuditContext
 def texts_for(ctx: AuditContext, source: str) -> list[str]:
     """The texts of ``source``, built once per audit and kept in ``ctx.sources``."""
     if source not in ctx.sources:
-        builders = {"neutral": _neutral, "cities": _cities}
+        builders = {"neutral": _neutral, "cities": _cities, "cities_contrast": cities_contrast_source}
         if source not in builders:
             raise EmptyDataError(f"unknown text source {source!r}; known: {sorted(builders)}")
         ctx.sources[source] = builders[source](ctx)
