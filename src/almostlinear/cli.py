@@ -50,6 +50,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .probes.cli import probe_command
+
+    _threads(args.threads)
+    layers = [int(v) for v in args.layers.split(",")] if args.layers else None
+    probe_command(args.model, dataset=args.dataset, layers=layers, out=args.out,
+                  statements=args.statements, candidates=args.candidates, seed=args.seed)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .core.models import available
 
@@ -87,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a UTF-8 file, one text per line, to use instead of model-generated neutral text")
     audit.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     audit.set_defaults(func=cmd_audit)
+
+    probe = sub.add_parser("probe", help="truth probes on every layer: held-out accuracy, selectivity; save the best")
+    probe.add_argument("--model", default=DEFAULT_MODEL)
+    probe.add_argument("--dataset", choices=["cities", "capitals"], default="cities")
+    probe.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
+    probe.add_argument("--out", default=None, help="save the best layer's logistic probe (.safetensors)")
+    probe.add_argument("--statements", type=int, default=400)
+    probe.add_argument("--candidates", type=int, default=1000)
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--threads", type=int, default=None)
+    probe.set_defaults(func=cmd_probe)
 
     models = sub.add_parser("models", help="list the models available offline")
     models.add_argument("--json", action="store_true")

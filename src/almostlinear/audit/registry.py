@@ -7,6 +7,8 @@ shared forward passes.
 from __future__ import annotations
 
 from ..lens.section import LogitLensSection
+from ..linearity.blocks_section import BlockLinearitySection
+from ..linearity.causal_section import CausalInnerProductSection
 from ..linearity.section import InterLayerLinearity
 from ..probes.section import TruthProbes
 from ..similarity.section import SimilaritySection
@@ -16,7 +18,7 @@ from .model_card import ModelCard
 from .plan import Section
 
 SECTIONS: tuple[type[Section], ...] = (
-    ModelCard, InterLayerLinearity, LogitLensSection, TruthProbes, TruthDirectionsSection, SpectraSection,
+    ModelCard, InterLayerLinearity, BlockLinearitySection, CausalInnerProductSection, LogitLensSection, TruthProbes, TruthDirectionsSection, SpectraSection,
     SimilaritySection,
 )
 

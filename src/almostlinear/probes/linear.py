@@ -1,12 +1,16 @@
 """Binary linear probes, fitted on many layers at once.
 
-Both fitters accept ``x`` as ``[n, d]`` or ``[layers, n, d]`` and return weights ``[.., d]`` and
+Every fitter accepts ``x`` as ``[n, d]`` or ``[layers, n, d]`` and returns weights ``[.., d]`` and
 biases ``[..]`` in the units of the raw activations, so a probe's weight is a direction that the
-write levers can use directly.
+write levers can use directly. Multi-class probing is not offered: one binary probe per class
+serves the read levers here.
 
-* Logistic regression with an L2 penalty, solved by L-BFGS on standardised features (activations of
-  language models have a few huge dimensions; standardising makes one penalty fit every layer).
+* Logistic regression with an L2 penalty (:mod:`.logistic`), on standardised features (activations
+  of language models have a few huge dimensions; standardising makes one penalty fit every layer).
   The penalty is ``l2 * ||w||^2 / 2`` on the mean log-loss, i.e. scikit-learn's ``C = 1 / (n * l2)``.
+* Ridge regression on +-1 targets, closed form: the minimiser of half the mean squared error plus
+  ``l2 * ||w||^2 / 2``, i.e. scikit-learn's ``RidgeClassifier(alpha=n * l2)``. Solved in the primal
+  (``d x d``) or, with fewer examples than features, in the dual (``n x n``).
 * Mass-mean (arXiv 2310.06824): the direction between class means, thresholded half-way; with
   ``whiten=True`` the direction is premultiplied by the inverse pooled within-class covariance
   (Fisher's linear discriminant), which the paper uses for in-distribution evaluation.
@@ -18,9 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.artifact import Artifact
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.artifact import Artifact, Provenance
+from ..core.errors import ShapeError
 from ..core.linalg import spd_solve
+from ._data import as_layers, standardize, to_raw_units
+from .logistic import fit_logistic
+
+METHODS = ("logistic", "ridge", "mass_mean", "mass_mean_whitened")
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,30 @@ class LinearProbe(Artifact):
     weight: torch.Tensor
     bias: torch.Tensor
 
+    @classmethod
+    def fit(cls, x: torch.Tensor, y, *, method: str = "logistic", l2: float = 1e-2, site=None,
+            data_hash: str | None = None, model_fingerprint: str | None = None) -> LinearProbe:
+        """Fit one probe on ``x`` ``[n, d]`` with ``method`` (one of :data:`METHODS`) and record
+        where it came from. ``site`` is a ``Site`` or ``"resid_post.5"``."""
+        if torch.as_tensor(x).dim() != 2:
+            raise ShapeError(f"LinearProbe.fit takes x as [n, d]; got {tuple(torch.as_tensor(x).shape)} "
+                             "(use the fitters directly for many layers at once)")
+        weight, bias = fit_linear(x, y, method=method, l2=l2)
+        return cls.from_weights(weight, bias, method=method, site=site, data_hash=data_hash,
+                                model_fingerprint=model_fingerprint, extra={"l2": l2} if _penalised(method) else {})
+
+    @classmethod
+    def from_weights(cls, weight: torch.Tensor, bias: torch.Tensor, *, method: str, site=None,
+                     data_hash: str | None = None, model_fingerprint: str | None = None,
+                     extra: dict | None = None) -> LinearProbe:
+        """Wrap fitted weights with their provenance (site, layer, method, data hash, model)."""
+        name, layer = _site_parts(site)
+        provenance = Provenance(model_fingerprint=model_fingerprint, site=name, layer=layer, method=method,
+                                data_hash=data_hash, units="raw activations; decision > 0 means label True",
+                                extra=dict(extra or {}))
+        return cls(weight.detach().clone(), torch.as_tensor(bias).detach().clone().reshape(()),
+                   provenance=provenance)
+
     def decision(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.weight.shape[0]:
             raise ShapeError(f"probe expects {self.weight.shape[0]} features, got {x.shape[-1]}")
@@ -40,74 +72,80 @@ class LinearProbe(Artifact):
         return self.decision(x) > 0
 
     def score(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        return float((self.predict(x) == y.bool()).double().mean())
+        return float((self.predict(x) == torch.as_tensor(y).bool()).double().mean())
+
+    def as_direction(self) -> torch.Tensor:
+        """The unit vector ``[d]`` along which the decision grows (towards label True), float32.
+
+        Steering adds multiples of it; it is the weight, which for whitened or logistic probes is
+        not the direction between class means (arXiv 2310.06824 finds the mass-mean one more causal).
+        """
+        norm = self.weight.double().norm()
+        if not torch.isfinite(norm) or norm == 0:
+            raise ShapeError("the probe's weight is zero or not finite: it has no direction")
+        return (self.weight.double() / norm).float()
 
 
-def _prepare(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    squeeze = x.dim() == 2
-    if squeeze:
-        x = x[None]
-    if x.dim() != 3:
-        raise ShapeError(f"x must be [n, d] or [layers, n, d], got {tuple(x.shape)}")
-    y = torch.as_tensor(y).reshape(-1)
-    if y.shape[0] != x.shape[1]:
-        raise ShapeError(f"x has {x.shape[1]} examples but y has {y.shape[0]} labels")
-    if x.shape[1] == 0:
-        raise EmptyDataError("no examples to fit a probe on")
-    classes = torch.unique(y)
-    if classes.numel() != 2:
-        raise EmptyDataError(
-            f"a binary probe needs examples of two classes, got {classes.numel()} ({classes.tolist()})"
-        )
-    return x.double(), (y == classes.max()).double(), squeeze
+def _site_parts(site) -> tuple[str | None, int | None]:
+    if site is None:
+        return None, None
+    if isinstance(site, str):
+        from ..core.sites import Site
+
+        site = Site.parse(site)
+    return site.name, site.layer
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, max_iter: int = 500,
-                 tol: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights ``[.., d]`` and biases ``[..]`` of L2-penalised logistic regression, per layer."""
-    x, t, squeeze = _prepare(x, y)
-    mean = x.mean(1, keepdim=True)
-    std = x.std(1, keepdim=True).clamp_min(1e-8)
-    z = (x - mean) / std
-    layers, n, d = z.shape
-    # With fewer examples than features the optimum lies in the span of the examples (representer
-    # theorem): optimise n coefficients per layer instead of d, the same solution at a fraction of the cost.
-    dual = n < d
-    basis = z if dual else None
-    kernel = z @ z.transpose(1, 2) if dual else None
-    width = n if dual else d
-    params = torch.zeros(layers, width + 1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([params], lr=1, max_iter=max_iter, tolerance_grad=tol,
-                                  tolerance_change=tol * 1e-3, history_size=20, line_search_fn="strong_wolfe")
+def _penalised(method: str) -> bool:
+    return method in ("logistic", "ridge")
 
-    def closure():
-        optimizer.zero_grad()
-        coef = params[:, :width]
-        if dual:
-            scores = torch.einsum("lnm,lm->ln", kernel, coef)
-            penalty = torch.einsum("ln,ln->", coef, scores)
-        else:
-            scores = torch.einsum("lnd,ld->ln", z, coef)
-            penalty = (coef ** 2).sum()
-        logits = scores + params[:, width:]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, t.expand(layers, n), reduction="none")
-        total = loss.mean(1).sum() + 0.5 * l2 * penalty
-        total.backward()
-        return total
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-    coef, b_std = params.detach()[:, :width], params.detach()[:, width]
-    w_std = torch.einsum("lnd,ln->ld", basis, coef) if dual else coef
-    weight = w_std / std[:, 0]
-    bias = b_std - (weight * mean[:, 0]).sum(-1)
+def fit_linear(x: torch.Tensor, y, *, method: str = "logistic", l2: float | torch.Tensor = 1e-2
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch to the fitter named ``method``; ``l2`` is ignored by the mass-mean methods."""
+    if method == "logistic":
+        return fit_logistic(x, y, l2=l2)
+    if method == "ridge":
+        return fit_ridge(x, y, l2=l2)
+    if method == "mass_mean":
+        return fit_mass_mean(x, y)
+    if method == "mass_mean_whitened":
+        return fit_mass_mean(x, y, whiten=True)
+    raise ValueError(f"unknown probe method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def fit_ridge(x: torch.Tensor, y, *, l2: float | torch.Tensor = 1e-2, standardize_features: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form ridge classifier per layer (targets +-1, intercept unpenalised)."""
+    x, t, squeeze = as_layers(x, y)
+    layers, n, d = x.shape
+    if standardize_features:
+        z, mean, std = standardize(x)
+    else:
+        mean = x.mean(1, keepdim=True)
+        z, std = x - mean, torch.ones_like(mean)
+    target = 2 * t - 1
+    t_mean = target.mean().expand(layers)
+    tc = (target - target.mean()).expand(layers, n)[..., None]
+    lam = torch.as_tensor(l2, dtype=torch.float64).reshape(-1).expand(layers)
+    if bool((lam < 0).any()):
+        raise ValueError(f"l2 must be non-negative, got {l2!r}")
+    # Each layer has its own l2: fold it into the matrix so one batched solve serves all layers.
+    eye = torch.eye(min(n, d), dtype=torch.float64)
+    if n >= d:  # primal: (Z^T Z / n + l2 I) w = Z^T t / n
+        matrix = z.transpose(1, 2) @ z / n + lam[:, None, None] * eye
+        w = spd_solve(matrix, z.transpose(1, 2) @ tc / n, 0.0)[..., 0]
+    else:  # dual: w = Z^T (Z Z^T / n + l2 I)^-1 t / n
+        matrix = z @ z.transpose(1, 2) / n + lam[:, None, None] * eye
+        w = (z.transpose(1, 2) @ spd_solve(matrix, tc, 0.0))[..., 0] / n
+    weight, bias = to_raw_units(w, t_mean, mean, std)
     return (weight[0], bias[0]) if squeeze else (weight, bias)
 
 
-def fit_mass_mean(x: torch.Tensor, y: torch.Tensor, *, whiten: bool = False,
+def fit_mass_mean(x: torch.Tensor, y, *, whiten: bool = False,
                   shrinkage: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     """Difference of class means (optionally Fisher-whitened), thresholded half-way between them."""
-    x, t, squeeze = _prepare(x, y)
+    x, t, squeeze = as_layers(x, y)
     pos, neg = t.bool(), ~t.bool()
     mu_pos, mu_neg = x[:, pos].mean(1), x[:, neg].mean(1)
     direction = mu_pos - mu_neg
@@ -121,11 +159,26 @@ def fit_mass_mean(x: torch.Tensor, y: torch.Tensor, *, whiten: bool = False,
     return (direction[0], bias[0]) if squeeze else (direction, bias)
 
 
-def accuracy(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Accuracy per layer of probes ``[.., d]`` on ``x`` (``[n, d]`` or ``[layers, n, d]``)."""
-    x, t, squeeze = _prepare(x, y)
-    weight = weight.double().reshape(-1, x.shape[-1])
+def accuracy(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y) -> torch.Tensor:
+    """Accuracy per layer of probes ``[.., d]`` on ``x`` (``[n, d]`` or ``[layers, n, d]``).
+
+    ``y`` holds booleans or 0/1; unlike the fitters, a test set may hold a single class.
+    """
+    x = torch.as_tensor(x)
+    squeeze = x.dim() == 2
+    x3 = x[None] if squeeze else x
+    if x3.dim() != 3:
+        raise ShapeError(f"x must be [n, d] or [layers, n, d], got {tuple(x.shape)}")
+    y = torch.as_tensor(y).reshape(-1)
+    if y.shape[0] != x3.shape[1]:
+        raise ShapeError(f"x has {x3.shape[1]} examples but y has {y.shape[0]} labels")
+    if not bool(((y == 0) | (y == 1)).all()):
+        raise ShapeError("accuracy needs labels that are booleans or 0/1")
+    weight = weight.double().reshape(-1, x3.shape[-1])
     bias = bias.double().reshape(-1)
-    predicted = torch.einsum("lnd,ld->ln", x, weight) + bias[:, None] > 0
-    acc = (predicted == t.bool()).double().mean(1)
+    if weight.shape[0] != x3.shape[0]:
+        raise ShapeError(f"{weight.shape[0]} probes for {x3.shape[0]} layers of activations")
+    truth = y.bool()
+    acc = torch.stack([((x3[i].double() @ weight[i] + bias[i] > 0) == truth).double().mean()
+                       for i in range(x3.shape[0])])
     return acc[0] if squeeze else acc

@@ -1,0 +1,72 @@
+"""The block-linearity and causal-inner-product audit sections on tiny models."""
+
+import pytest
+import torch
+
+from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.models import LoadedModel
+from almostlinear.linearity.blocks_section import BlockLinearitySection
+from almostlinear.linearity.causal_section import CausalInnerProductSection
+from tiny_models import WORDS, build_model, make_tokenizer
+
+BUDGET = Budget(neutral_texts=24, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40,
+                batch_size=8)
+
+
+def _texts(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (10,), generator=g)) for _ in range(n)]
+
+
+def _run(family, sections):
+    kind = "encoder" if family == "bert" else "causal-lm"
+    loaded = LoadedModel(build_model(family), make_tokenizer(), f"tiny-{family}", "memory", kind)
+    ctx = AuditContext(loaded, BUDGET, progress=lambda _: None, sources={"neutral": _texts()})
+    return run_sections(ctx, sections, lambda source: ctx.sources[source])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_block_linearity_section_reports_r2_replacement_and_angles(family):
+    (result,) = _run(family, [BlockLinearitySection()])
+    assert result.status == "ok", result.notes
+    for kind in ("attn", "mlp"):
+        values = [result.metric(f"{kind}_r2_held_out", layer).value for layer in range(2)]
+        assert all(v <= 1 for v in values)
+        assert result.metric(f"{kind}_r2_held_out_mean").value == pytest.approx(sum(values) / 2)
+        deltas = [m for m in result.metrics if m.name == f"{kind}_replacement_delta_ce"]
+        assert {m.layer for m in deltas} == {0, 1}  # two blocks: each is among the most and least linear
+    assert result.metric("mlp_r2_held_out", 0).source == "arXiv 2606.19379"
+    assert result.metric("angular_distance_min_n1").value == pytest.approx(
+        min(result.metric("angular_distance_across_block", layer).value for layer in range(2)))
+    assert 0 <= result.metric("angular_distance_min_n2").value <= 1
+    assert {f.id for f in result.figures} == {"sublayer_r2", "replacement_delta_ce", "angular_distance",
+                                              "angular_distance_min"}
+    for figure in result.figures:
+        for series in figure.series:
+            assert len(series.x) == len(series.y)
+
+
+def test_block_linearity_is_skipped_for_bert_with_a_reason():
+    (result,) = _run("bert", [BlockLinearitySection()])
+    assert result.status == "skipped" and "MLP" in result.notes[0]
+
+
+def test_causal_inner_product_section_needs_no_forward_pass():
+    loaded = LoadedModel(build_model("llama"), make_tokenizer(), "tiny", "memory", "causal-lm")
+    calls = []
+    loaded.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    ctx = AuditContext(loaded, BUDGET, progress=lambda _: None)
+    (result,) = run_sections(ctx, [CausalInnerProductSection()], lambda source: [])
+    assert result.status == "ok", result.notes
+    assert calls == []
+    assert result.metric("whitening_identity_error").value < 1e-8
+    causal, euclid = result.metric("mean_abs_cos_causal").value, result.metric("mean_abs_cos_euclidean").value
+    assert 0 <= causal <= 1 and 0 <= euclid <= 1
+    assert result.metric("pairs_country_to_capital").value == 5  # the tiny vocabulary holds five of them
+    n = result.metric("concepts").value
+    assert len(result.figures[0].series[0].y) == n * (n - 1) // 2
+
+
+def test_causal_section_is_skipped_without_a_head():
+    (result,) = _run("bert", [CausalInnerProductSection()])
+    assert result.status == "skipped" and "output head" in result.notes[0]

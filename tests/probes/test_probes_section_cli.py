@@ -1,0 +1,73 @@
+"""The truth-probe section's selectivity and MLP gap, and the probe command, on a tiny model."""
+
+import io
+
+import pytest
+import torch
+
+from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.artifact import load
+from almostlinear.core.models import LoadedModel
+from almostlinear.data import Statement
+from almostlinear.probes import LinearProbe, cli
+from almostlinear.probes.section import TruthProbes
+from tiny_models import build_model, make_tokenizer
+
+PLACES = [("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Tokyo", "Japan")]
+BUDGET = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=60, fact_candidates=40,
+                batch_size=8)
+
+
+def _statements(copies=6):
+    out = []
+    for i, (city, country) in enumerate(PLACES * copies):
+        wrong = PLACES[(i + 1) % len(PLACES)][1]
+        subject = f"{city}{i}"
+        out.append(Statement(f"the city {city} is in {country} .", True, subject, country, country))
+        out.append(Statement(f"the city {city} is in {wrong} .", False, subject, wrong, country))
+    return out
+
+
+def _loaded():
+    return LoadedModel(build_model("llama"), make_tokenizer(), "tiny-llama", "memory", "causal-lm")
+
+
+def test_truth_section_reports_selectivity_and_mlp_gap():
+    statements = _statements()
+    ctx = AuditContext(_loaded(), BUDGET, progress=lambda _: None, sources={"cities": statements})
+    (result,) = run_sections(ctx, [TruthProbes()], lambda source: [s.text for s in ctx.sources[source]])
+    assert result.status == "ok", result.notes
+    for layer in range(2):
+        task = result.metric("truth_task_accuracy_ungrouped", layer).value
+        control = result.metric("truth_control_accuracy", layer).value
+        assert result.metric("truth_selectivity", layer).value == pytest.approx(task - control)
+        assert 0 <= control <= 1
+        gap = result.metric("truth_mlp_minus_linear_accuracy", layer)
+        linear = result.metric("truth_logistic_accuracy", layer).value
+        assert gap.value == pytest.approx(result.metric("truth_mlp_accuracy", layer).value - linear)
+        assert gap.source == "arXiv 1909.03368"
+    assert {f.id for f in result.figures} >= {"truth_selectivity", "truth_mlp_vs_linear"}
+
+
+def test_probe_command_prints_a_table_and_saves_the_best_probe(tmp_path, monkeypatch):
+    statements = _statements()
+    monkeypatch.setattr(cli, "_statements", lambda *args, **kwargs: statements)
+    printed = io.StringIO()
+    out = tmp_path / "probe.safetensors"
+    loaded = _loaded()
+    table = cli.probe_command(loaded, out=out, say=lambda _: None, stream=printed)
+    lines = printed.getvalue().splitlines()
+    assert lines[0].split() == ["layer", "logistic", "mass-mean", "selectivity"]
+    assert len(table.logistic) == 2 and table.statements == len(statements)
+    assert "<- best" in printed.getvalue()
+    probe = load(out)
+    assert isinstance(probe, LinearProbe)
+    assert probe.provenance.layer == table.best_layer and probe.provenance.site == "resid_post"
+    assert probe.provenance.model_fingerprint == loaded.fingerprint
+    assert probe.provenance.method == "logistic" and len(probe.provenance.data_hash) == 16
+    assert torch.isfinite(probe.as_direction()).all()
+
+
+def test_probe_command_refuses_unknown_datasets():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        cli._statements(_loaded(), "rivers", 10, 10, 0, lambda _: None)
