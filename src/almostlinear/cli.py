@@ -60,6 +60,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lens(args: argparse.Namespace) -> int:
+    from .lens.cli import lens_command
+
+    _threads(args.threads)
+    return lens_command(args.model, args.prompt, args.kind, args.out)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .core.models import available
 
@@ -108,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--threads", type=int, default=None)
     probe.set_defaults(func=cmd_probe)
+
+    lens = sub.add_parser("lens", help="the top token per layer and position of one prompt, through a lens")
+    lens.add_argument("--prompt", required=True, help="the text to read")
+    lens.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, local folder, or hub id")
+    lens.add_argument("--kind", choices=("logit", "affine", "tuned"), default="logit",
+                      help="affine and tuned lenses are fitted on neutral text once per model, then cached")
+    lens.add_argument("--out", default=None, help="also write the picture as a PNG to this file")
+    lens.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    lens.set_defaults(func=cmd_lens)
 
     models = sub.add_parser("models", help="list the models available offline")
     models.add_argument("--json", action="store_true")

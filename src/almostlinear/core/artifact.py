@@ -188,7 +188,7 @@ def _import_families() -> None:
     # so that loading a file works without the caller importing the right package first.
     import importlib
 
-    for name in ("almostlinear.probes", "almostlinear.truth"):
+    for name in ("almostlinear.probes", "almostlinear.truth", "almostlinear.lens"):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as error:

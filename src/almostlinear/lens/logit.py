@@ -16,6 +16,14 @@ from torch import nn
 
 from ..core.errors import StructureError
 from ..core.locate import Structure
+from ..core.sites import Site
+
+
+def lens_sites(structure: Structure) -> list[Site]:
+    """The residual states a lens reads, in order: the embeddings (``resid_pre.0``), then the output
+    of every block (``resid_post.l``). State ``s`` is the input of block ``s``; the last is the
+    residual that the model's own head decodes."""
+    return [Site("resid_pre", 0)] + [Site("resid_post", i) for i in range(structure.n_layers)]
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,10 @@ class LogitLens:
         if self.convention == "final_norm":
             h = self.final_norm(h)
         return self.unembedding(h)
+
+    def logits(self, hidden: torch.Tensor, state: int | None = None) -> torch.Tensor:
+        """The common lens interface: logits for residual states read at ``state`` (unused here)."""
+        return self(hidden)
 
 
 def kl_and_agreement(final_logits: torch.Tensor, lens_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
