@@ -9,8 +9,6 @@ telling comparison is therefore against random residual directions read the same
 from __future__ import annotations
 
 import collections
-import contextlib
-from collections.abc import Iterator
 
 import torch
 
@@ -18,6 +16,7 @@ from ..audit.plan import AuditContext, Need, Section
 from ..audit.schema import Figure, Metric, SectionResult, Series
 from ..core.errors import StructureError
 from ..core.models import EMBEDDED
+from ..core.threads import one_thread
 from .coherence import CoherenceScorer, auc_greater
 from .heads import head_layout
 from .ranks import effective_rank, gram_svd, product_svd, stable_rank
@@ -51,7 +50,7 @@ class SpectraSection(Section):
         return []  # weights only
 
     def finish(self, ctx: AuditContext) -> SectionResult:
-        with _one_thread(), torch.no_grad():
+        with one_thread(), torch.no_grad():
             return self._finish(ctx)
 
     def _finish(self, ctx: AuditContext) -> SectionResult:
@@ -104,22 +103,6 @@ class SpectraSection(Section):
               "close to noise means the rest of the spectrum stays nearly flat.")
         result.notes.append(_verdict(ctx, z, control, auc, p_value, cluster_share, cluster))
         return result
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the section's many small LAPACK and tensor calls on one thread, then restore the count.
-
-    Measured on this project's 2-core machine under load (SmolLM2): eigvalsh of a 576×576 Gram took 0.04 s
-    on one thread and 6.5 s on two (OpenMP threads waiting on each other); the whole section 16 s vs 151 s.
-    Only the token projection (one large matmul, ~2 s) would gain from a second thread.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _gaussian_ranks(spectra: list[Spectrum], seed: int) -> dict[str, tuple[float, float]]:

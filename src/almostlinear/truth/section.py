@@ -3,15 +3,13 @@ the model's own zero-shot answer, and the distractor sanity check, per layer."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
 from ..audit.plan import AuditContext, Need, Section, last_token_rows
 from ..audit.schema import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
 from ..core.sites import Site
+from ..core.threads import one_thread
 from ..data import split
 from .distractor import ALL_METHODS, UNSUPERVISED, distractor_check, fit_methods
 from .prompts import CLEAN, DISTRACTOR, ContrastPrompt
@@ -56,7 +54,7 @@ class TruthDirectionsSection(Section):
             self.tokens[text] = batch.token_ids[batch.text_index == text].tolist()
 
     def finish(self, ctx: AuditContext) -> SectionResult:
-        with _one_thread():
+        with one_thread():
             return self._finish(ctx)
 
     def _finish(self, ctx: AuditContext) -> SectionResult:
@@ -151,19 +149,6 @@ class TruthDirectionsSection(Section):
                                      FARQUHAR, note=f"of {len(UNSUPERVISED)}, at block {layer}"))
         result.metrics.append(Metric("distractor_pairs_test", int(len(test)), "pairs"))
         return checks
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Fit on one thread: the fits are many small LAPACK and batched tensor calls, and on this project's
-    busy 2-core machine a second OpenMP thread made them slower, not faster (measured: eigh of 30
-    240x240 matrices 0.1 s on one thread, 1-17 s on two while other processes ran)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _pairs(prompts: list[ContrastPrompt], variant: str) -> dict:
