@@ -55,8 +55,10 @@ def terminal_summary(report: dict, sections: list[SectionResult], width: int = 1
             for row in [header, *rows]:
                 cells = [str(c)[: widths[i]].ljust(widths[i]) for i, c in enumerate(row)]
                 lines.append("  " + "  ".join(cells).rstrip())
-        for note in section.notes[-2:] if section.status == "ok" else section.notes[:1]:
-            lines.append("  · " + _wrap(note, width - 4, "    "))
+        # Long or multi-line notes (matrices, tracebacks) belong in the HTML report, not the terminal.
+        readable = [n for n in section.notes if "\n" not in n and len(n) <= 600]
+        for note in readable[-2:] if section.status == "ok" else section.notes[:1]:
+            lines.append("  · " + _wrap(note.splitlines()[0], width - 4, "    "))
         lines.append("")
     return "\n".join(lines)
 
