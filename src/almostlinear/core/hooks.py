@@ -247,18 +247,24 @@ def _check_width(structure: Structure, site: Site, size: int, what: str) -> None
         raise ShapeError(f"{what} has {size} features but {site} carries {width}")
 
 
+def _checked_vector(structure: Structure, site: Site, value, what: str, hint: str = "") -> torch.Tensor:
+    """``value`` as a detached ``[d]`` tensor of the site's width with finite entries, or a clear error."""
+    vector = torch.as_tensor(value).detach()
+    if vector.dim() != 1:
+        raise ShapeError(f"expected a vector [d]{hint}, got shape {tuple(vector.shape)}")
+    _check_width(structure, site, vector.shape[0], what)
+    if not torch.isfinite(vector).all():
+        raise NonFiniteError(f"{what} contains NaN or infinite values")
+    return vector
+
+
 @contextlib.contextmanager
 def add(model: nn.Module, site, vector: torch.Tensor, *, scale: float = 1.0,
         positions: Positions = "all", structure: Structure | None = None) -> Iterator[None]:
     """Add ``scale * vector`` to the activation at ``site`` on the chosen positions."""
     structure = structure or locate(model)
     (site,) = as_sites(structure, site)
-    vector = torch.as_tensor(vector).detach()
-    if vector.dim() != 1:
-        raise ShapeError(f"expected a vector [d], got shape {tuple(vector.shape)}")
-    _check_width(structure, site, vector.shape[0], "the vector")
-    if not torch.isfinite(vector).all():
-        raise NonFiniteError("the vector contains NaN or infinite values")
+    vector = _checked_vector(structure, site, vector, "the vector")
     cache: dict = {}
     scaled = vector * scale
 
@@ -312,12 +318,7 @@ def replace(model: nn.Module, site, values: torch.Tensor | Callable[[torch.Tenso
     (site,) = as_sites(structure, site)
     cache: dict = {}
     if not callable(values):
-        vector = torch.as_tensor(values).detach()
-        if vector.dim() != 1:
-            raise ShapeError(f"expected a vector [d] or a function, got shape {tuple(vector.shape)}")
-        _check_width(structure, site, vector.shape[0], "the replacement")
-        if not torch.isfinite(vector).all():
-            raise NonFiniteError("the replacement contains NaN or infinite values")
+        vector = _checked_vector(structure, site, values, "the replacement", " or a function")
 
     def edit(hidden, chosen):
         new = values(hidden) if callable(values) else _vector_for(vector, hidden, cache).expand_as(hidden)
