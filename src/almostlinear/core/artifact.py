@@ -183,12 +183,21 @@ def registered_kinds() -> dict[str, type[Artifact]]:
     return dict(_REGISTRY)
 
 
+# Every package that defines artifact kinds; a family not present yet is skipped.
+FAMILIES = (
+    "almostlinear.probes", "almostlinear.truth", "almostlinear.lens", "almostlinear.steering",
+    "almostlinear.erasure", "almostlinear.editing", "almostlinear.merging", "almostlinear.adapters",
+    "almostlinear.connectivity", "almostlinear.averaging", "almostlinear.latent", "almostlinear.translate",
+    "almostlinear.sae",
+)
+
+
 def _import_families() -> None:
     # Artifact classes register when their module is imported; import the families lazily here
     # so that loading a file works without the caller importing the right package first.
     import importlib
 
-    for name in ("almostlinear.probes", "almostlinear.truth", "almostlinear.lens"):
+    for name in FAMILIES:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as error:
