@@ -28,6 +28,16 @@ from .errors import ArtifactError
 FORMAT_VERSION = 1
 HEADER_KEY = "almostlinear"
 _REGISTRY: dict[str, type[Artifact]] = {}
+# Kinds whose objects hold a variable set of tensors (a task vector: one per parameter) and so are
+# not dataclasses; they write the same header and read themselves back with ``load(path)``.
+_FILE_KINDS: dict[str, Any] = {}
+
+
+def register_file_kind(kind: str, cls: Any) -> None:
+    """Let :func:`load` rebuild ``kind`` through ``cls.load(path)``."""
+    if kind in _REGISTRY or _FILE_KINDS.get(kind, cls) is not cls:
+        raise ArtifactError(f"artifact kind {kind!r} is registered twice")
+    _FILE_KINDS[kind] = cls
 
 
 class FingerprintWarning(UserWarning):
@@ -166,8 +176,10 @@ def load(path: str | os.PathLike) -> Artifact:
         )
     kind = header.get("kind")
     _import_families()
+    if kind in _FILE_KINDS:
+        return _FILE_KINDS[kind].load(path)
     if kind not in _REGISTRY:
-        raise ArtifactError(f"unknown artifact kind {kind!r} in {path}; known: {sorted(_REGISTRY)}")
+        raise ArtifactError(f"unknown artifact kind {kind!r} in {path}; known: {sorted(_REGISTRY | _FILE_KINDS)}")
     cls = _REGISTRY[kind]
     with safe_open(str(path), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}

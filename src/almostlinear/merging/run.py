@@ -1,0 +1,144 @@
+"""Run a planned merge: stream each tensor from every input, merge it, write it, forget it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.errors import AlmostLinearError
+from .chunked import merge_into
+from .plan import DTYPES, MergePlan, plan_merge
+from .recipe import Recipe, layer_position, parse_recipe
+from .signals import MergeSignals
+from .writer import DEFAULT_SHARD_BYTES, AtomicShardedWriter
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model", "chat_template.jinja", "added_tokens.json")
+CONFIG_FILES = ("config.json", "generation_config.json")
+REPORT_NAME = "almostlinear_merge.json"
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    out: Path
+    plan: MergePlan
+    signals: dict
+    seconds: float
+
+
+def tensor_options(recipe: Recipe, name: str, position: float) -> tuple[list[float], dict[str, Any]]:
+    """Weights (one per model) and the method's options for one tensor, in the dispatcher's terms."""
+    from .recipe import ALLOWED
+
+    n = len(recipe.models)
+    allowed = ALLOWED[recipe.method]
+    weights = ([float(recipe.value("weight", name, position, i)) for i in range(n)]
+               if "weight" in allowed else [1.0] * n)
+    options: dict[str, Any] = {}
+    if "density" in allowed:
+        options["density"] = [float(recipe.value("density", name, position, i)) for i in range(n)]
+    for key in sorted(allowed - {"weight", "density", "int8_mask"}):
+        value = recipe.value(key, name, position)
+        if key == "lambda":
+            options["lam"] = float(value)
+        elif key == "rescale":
+            options["rescale"] = value if isinstance(value, str) else ("l1" if value else "none")
+        elif key == "seed":
+            options["seed"] = int(value)
+        elif key == "t":
+            options["t"] = float(value)
+        else:
+            options[key] = value
+    return weights, options
+
+
+def _extra_files(plan: MergePlan, report: dict) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    config_source = plan.inputs[0].folder
+    for name in CONFIG_FILES:
+        path = config_source / name
+        if path.is_file():
+            files[name] = path.read_bytes()
+    if "config.json" in files:
+        config = json.loads(files["config.json"])
+        floats = {str(t.out_dtype).replace("torch.", "") for t in plan.tensors if t.action != "copy"}
+        if len(floats) == 1:
+            config["torch_dtype"] = next(iter(floats))
+            if "dtype" in config:
+                config["dtype"] = next(iter(floats))
+        files["config.json"] = json.dumps(config, indent=2).encode()
+    tokenizer = plan.recipe.tokenizer_source
+    if tokenizer is not None:
+        folder = tokenizer if tokenizer.is_dir() else tokenizer.parent
+        for name in TOKENIZER_FILES:
+            path = folder / name
+            if path.is_file():
+                files[name] = path.read_bytes()
+    files[REPORT_NAME] = json.dumps(report, indent=2, default=str).encode()
+    return files
+
+
+def merge_files(recipe: Recipe | str | os.PathLike | Mapping, out: str | os.PathLike, *,
+                shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False, progress: bool = False,
+                check_overflow: bool = True, plan: MergePlan | None = None) -> MergeResult:
+    """Plan, then merge tensor by tensor into ``out`` (written atomically, sharded, with checksums).
+
+    Memory holds one tensor per input plus the merged tensor at a time. If anything fails (a
+    non-finite result, Ctrl-C) the temporary folder is removed and ``out`` is not created.
+    """
+    start = time.perf_counter()
+    if not isinstance(recipe, Recipe):
+        recipe = parse_recipe(recipe)
+    plan = plan or plan_merge(recipe, check_overflow=check_overflow)
+    read_dtype = DTYPES[recipe.dtype] if recipe.dtype else None
+    signals = MergeSignals(len(plan.models))
+    writer = AtomicShardedWriter(out, plan.layout, shard_bytes=shard_bytes, overwrite=overwrite,
+                                 metadata={"merge_method": recipe.method})
+    order = [t.name for t in writer.order]
+    planned = {t.name: t for t in plan.tensors}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), desc=f"{recipe.method} merge", unit="tensor", file=sys.stderr)
+    with writer:
+        for name in order:
+            item = planned[name]
+            base = plan.base.read(name) if plan.base is not None else None
+            tensors = [m.read(name) for m in plan.models]
+            if item.action == "copy":
+                ref = base if base is not None else tensors[0]
+                for m, t in zip(plan.models, tensors):
+                    if not torch.equal(t, ref):
+                        raise AlmostLinearError(f"integer tensor {name!r} differs in {m.label}; it cannot be merged")
+                writer.write(name, ref)
+                continue
+            if read_dtype is not None:
+                base = base.to(read_dtype) if base is not None else None
+                tensors = [t.to(read_dtype) for t in tensors]
+            position = layer_position(name, plan.n_layers)
+            weights, options = tensor_options(recipe, name, position)
+            result = torch.empty(item.shape, dtype=item.out_dtype)
+            merge_into(recipe.method, name, tensors, weights, base, options, result)
+            signals.update(base if base is not None else tensors[0], tensors)
+            writer.write(name, result)
+            del base, tensors, result
+            if bar is not None:
+                bar.update(1)
+        report = {"recipe": recipe.source_text, "method": recipe.method,
+                  "base_model": str(recipe.base) if recipe.base else None,
+                  "models": [str(m.path) for m in recipe.models], "signals": signals.as_dict(),
+                  "signals_reference": "base model" if plan.base is not None else "first model",
+                  "parameters": plan.parameters}
+        writer.extra_files.update(_extra_files(plan, report))
+    if bar is not None:
+        bar.close()
+    return MergeResult(Path(out), plan, report["signals"], time.perf_counter() - start)

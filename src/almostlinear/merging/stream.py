@@ -1,0 +1,140 @@
+"""Read checkpoints tensor by tensor without loading a whole file.
+
+A safetensors file is an 8-byte header length, a JSON header (name -> dtype, shape, byte offsets)
+and the raw bytes. :class:`Checkpoint` parses the headers of every shard of a folder once; then
+each tensor is read on demand with a positional read straight into a fresh tensor. Only the bytes
+of that tensor enter memory, and nothing keeps the file mapped, so the process's resident memory
+stays near the tensors being merged rather than growing with the pages of files read so far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.errors import AlmostLinearError, ModelNotFoundError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+NAMES = {v: k for k, v in DTYPES.items()}
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    if dtype not in NAMES:
+        raise AlmostLinearError(f"dtype {dtype} cannot be stored in safetensors")
+    return NAMES[dtype]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, byte range, dtype, shape."""
+
+    name: str
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the byte offset where its data begins."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise AlmostLinearError(f"{path} is too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", raw)
+        if length > 100_000_000:
+            raise AlmostLinearError(f"{path} has an implausible safetensors header of {length} bytes")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as error:
+            raise AlmostLinearError(f"{path} has a corrupt safetensors header: {error}") from error
+    return header, 8 + length
+
+
+class Checkpoint:
+    """A folder (or single file) of safetensors weights, read lazily."""
+
+    def __init__(self, path: str | os.PathLike, *, label: str | None = None) -> None:
+        self.path = Path(path)
+        self.label = label or str(path)
+        if self.path.is_file():
+            files = [self.path]
+            self.folder = self.path.parent
+        elif self.path.is_dir():
+            self.folder = self.path
+            index = self.path / INDEX_NAME
+            if index.is_file():
+                weight_map = json.loads(index.read_text())["weight_map"]
+                files = [self.path / f for f in dict.fromkeys(weight_map.values())]
+            else:
+                files = sorted(self.path.glob("*.safetensors"))
+            if not files:
+                raise ModelNotFoundError(f"{self.path} holds no .safetensors weights")
+        else:
+            raise ModelNotFoundError(f"no model folder or file at {self.path}")
+        self.infos: dict[str, TensorInfo] = {}
+        self.metadata: dict[str, str] = {}
+        for file in files:
+            if not file.is_file():
+                raise ModelNotFoundError(f"{self.label}: shard {file.name} named in the index is missing")
+            header, data_start = read_header(file)
+            self.metadata.update(header.pop("__metadata__", {}) or {})
+            for name, entry in header.items():
+                if entry["dtype"] not in DTYPES:
+                    raise AlmostLinearError(f"{self.label}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+                begin, end = entry["data_offsets"]
+                self.infos[name] = TensorInfo(name, file, DTYPES[entry["dtype"]], tuple(entry["shape"]),
+                                              data_start + begin, end - begin)
+
+    def config(self) -> dict:
+        """``config.json`` next to the weights, or {} when there is none."""
+        path = self.folder / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def keys(self) -> list[str]:
+        return list(self.infos)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.infos
+
+    def info(self, name: str) -> TensorInfo:
+        if name not in self.infos:
+            raise AlmostLinearError(f"{self.label} has no tensor {name!r}")
+        return self.infos[name]
+
+    def read(self, name: str) -> torch.Tensor:
+        """Read one tensor from disk into a new CPU tensor."""
+        info = self.info(name)
+        out = torch.empty(info.shape, dtype=info.dtype)
+        if info.nbytes == 0:
+            return out
+        view = memoryview(out.view(-1).view(torch.uint8).numpy())
+        if len(view) != info.nbytes:
+            raise AlmostLinearError(f"{self.label}: tensor {name!r} occupies {info.nbytes} bytes, expected {len(view)}")
+        with open(info.file, "rb", buffering=0) as f:
+            f.seek(info.start)
+            done = 0
+            while done < info.nbytes:
+                got = f.readinto(view[done:])
+                if not got:
+                    raise AlmostLinearError(f"{self.label}: file ended inside tensor {name!r}")
+                done += got
+        return out

@@ -1,0 +1,222 @@
+"""Atomic, sharded safetensors output written one tensor at a time.
+
+The plan knows every output tensor's name, shape and dtype before any arithmetic, so each shard's
+safetensors header (with all byte offsets) is written first and tensors are appended as they are
+computed: memory holds one output tensor, never a whole shard. Everything goes into a hidden
+temporary folder beside the target; files are fsynced, the index (with a SHA-256 per shard) is
+written last, and only then is the folder renamed to its final name. An interrupted merge leaves
+at most a ``.NAME.partial-*`` folder, never a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.errors import AlmostLinearError
+from .stream import INDEX_NAME, dtype_name
+
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = torch.empty((), dtype=self.dtype).element_size()
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def _shards(layout: Sequence[OutputTensor], shard_bytes: int) -> list[list[OutputTensor]]:
+    shards: list[list[OutputTensor]] = [[]]
+    size = 0
+    for t in layout:
+        if shards[-1] and size + t.nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicShardedWriter:
+    """Write ``layout``'s tensors, in order, into ``out`` (a folder) atomically.
+
+    Use as a context manager: leaving the block normally commits; leaving it with an exception
+    (Ctrl-C included) deletes the temporary folder.
+    """
+
+    def __init__(self, out: str | os.PathLike, layout: Sequence[OutputTensor], *,
+                 shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False,
+                 metadata: Mapping[str, str] | None = None, extra_files: Mapping[str, bytes] | None = None) -> None:
+        self.out = Path(out)
+        if self.out.exists() and not overwrite:
+            raise AlmostLinearError(f"{self.out} already exists; choose another folder or pass overwrite")
+        if not layout:
+            raise AlmostLinearError("nothing to write: the merge has no tensors")
+        names = [t.name for t in layout]
+        if len(set(names)) != len(names):
+            raise AlmostLinearError("the output layout names a tensor twice")
+        self.overwrite = overwrite
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self.extra_files = dict(extra_files or {})
+        self.shards = _shards(layout, max(1, int(shard_bytes)))
+        n = len(self.shards)
+        self.file_names = (["model.safetensors"] if n == 1 else
+                           [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
+        self.order = [t for shard in self.shards for t in shard]
+        self._shard_of = [i for i, shard in enumerate(self.shards) for _ in shard]
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        self._position = 0
+        self._shard = -1
+        self._handle = None
+        self._hash = None
+        self.checksums: dict[str, str] = {}
+        self.total_size = sum(t.nbytes for t in self.order)
+
+    # -- writing -------------------------------------------------------------------------
+    def _open_shard(self, i: int) -> None:
+        self._close_shard()
+        header: dict = {"__metadata__": dict(self.metadata)}
+        offset = 0
+        for t in self.shards[i]:
+            header[t.name] = {"dtype": dtype_name(t.dtype), "shape": list(t.shape),
+                              "data_offsets": [offset, offset + t.nbytes]}
+            offset += t.nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        self._handle = open(self.tmp / self.file_names[i], "wb")
+        self._hash = hashlib.sha256()
+        self._emit(struct.pack("<Q", len(encoded)) + encoded)
+        self._shard = i
+
+    def _emit(self, data) -> None:
+        self._handle.write(data)
+        self._hash.update(data)
+
+    def _close_shard(self) -> None:
+        if self._handle is None:
+            return
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        self.checksums[self.file_names[self._shard]] = self._hash.hexdigest()
+        self._handle = None
+
+    def expected(self) -> OutputTensor | None:
+        return self.order[self._position] if self._position < len(self.order) else None
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the next tensor; it must be the one the layout expects, with its shape and dtype."""
+        want = self.expected()
+        if want is None:
+            raise AlmostLinearError(f"tensor {name!r} is beyond the planned output")
+        if name != want.name:
+            raise AlmostLinearError(f"expected tensor {want.name!r} next, got {name!r}")
+        if tuple(tensor.shape) != want.shape or tensor.dtype != want.dtype:
+            raise AlmostLinearError(f"tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, planned "
+                                    f"{want.shape} {want.dtype}")
+        shard = self._shard_of[self._position]
+        if shard != self._shard:
+            self._open_shard(shard)
+        data = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+        self._emit(memoryview(data))
+        self._position += 1
+
+    # -- finishing -----------------------------------------------------------------------
+    def commit(self) -> Path:
+        if self._position != len(self.order):
+            raise AlmostLinearError(f"only {self._position} of {len(self.order)} planned tensors were written")
+        self._close_shard()
+        weight_map = {t.name: self.file_names[i] for i, s in enumerate(self.shards) for t in s}
+        index = {"metadata": {"total_size": self.total_size, "sha256": self.checksums},
+                 "weight_map": weight_map}
+        files = {INDEX_NAME: json.dumps(index, indent=2).encode(), **self.extra_files}
+        for name, data in files.items():
+            with open(self.tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(self.tmp)
+        old = None
+        if self.out.exists():
+            if not self.overwrite:
+                raise AlmostLinearError(f"{self.out} appeared while merging; the result is left in {self.tmp}")
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+            os.rename(self.out, old / "previous")
+        os.rename(self.tmp, self.out)
+        _fsync_dir(self.out.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> AtomicShardedWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
+
+
+def verify(folder: str | os.PathLike) -> dict[str, bool]:
+    """Recompute each shard's SHA-256 and compare with the index; {file: matches}."""
+    folder = Path(folder)
+    index_path = folder / INDEX_NAME
+    if not index_path.is_file():
+        raise AlmostLinearError(f"{folder} has no {INDEX_NAME}; it is not a finished merge")
+    sums = json.loads(index_path.read_text()).get("metadata", {}).get("sha256", {})
+    if not sums:
+        raise AlmostLinearError(f"{index_path} records no checksums")
+    result = {}
+    for name, expected in sums.items():
+        h = hashlib.sha256()
+        path = folder / name
+        if not path.is_file():
+            result[name] = False
+            continue
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        result[name] = h.hexdigest() == expected
+    return result
