@@ -98,3 +98,13 @@ def test_save_load_and_mismatch(setup, tmp_path):
     other = TaskVector.from_state_dicts({k: v for k, v in base.items() if "layers.1" not in k}, smaller)
     with pytest.raises(ShapeError, match="different tensors"):
         tv + other
+
+
+def test_generic_artifact_loader_reads_a_task_vector(tmp_path):
+    from almostlinear import load_artifact
+    from almostlinear.merging import TaskVector
+
+    tv = TaskVector.from_state_dicts({"w": torch.zeros(2, 3)}, {"w": torch.arange(6.0).reshape(2, 3)})
+    loaded = load_artifact(tv.save(tmp_path / "tv.safetensors"))
+    assert isinstance(loaded, TaskVector)
+    assert torch.equal(loaded.deltas["w"], tv.deltas["w"])
