@@ -52,7 +52,11 @@ def _check_schema(report: dict) -> None:
 
 def test_audit_of_a_tiny_llama_writes_a_complete_report(tmp_path):
     report = run_audit(_loaded(), out=tmp_path, budget=BUDGET, texts=_texts(), progress=lambda _: None)
-    assert all(s.status == "ok" for s in report.sections), [(s.id, s.notes) for s in report.sections]
+    statuses = {s.id: s.status for s in report.sections}
+    # The tiny word-level tokenizer maps every sentiment word to its unknown token, so steering
+    # cannot be scored and must say so instead of failing.
+    assert statuses.pop("steering") == "skipped"
+    assert all(status == "ok" for status in statuses.values()), [(s.id, s.notes) for s in report.sections]
     data = json.loads((tmp_path / "report.json").read_text())
     _check_schema(data)
     html = (tmp_path / "report.html").read_text()
@@ -70,7 +74,8 @@ def test_audit_of_a_tiny_llama_writes_a_complete_report(tmp_path):
 def test_encoder_audit_skips_logit_sections_with_reasons(tmp_path):
     report = run_audit(_loaded("bert"), budget=BUDGET, texts=_texts(), progress=lambda _: None)
     status = {s.id: s.status for s in report.sections}
-    needs_head = {"logit_lens", "truth_probes", "truth_directions", "block_linearity", "causal_inner_product"}
+    needs_head = {"logit_lens", "truth_probes", "truth_directions", "block_linearity", "causal_inner_product",
+                  "steering", "erasure", "translate"}
     assert all(status[k] == "skipped" for k in needs_head)
     assert all(v == "ok" for k, v in status.items() if k not in needs_head), status
     assert "output head" in report.section("logit_lens").notes[0]

@@ -8,7 +8,9 @@ act in the order they were entered.
 
 Token positions are chosen per sequence among its real tokens (padding excluded), from the
 ``attention_mask`` the model was called with. During ``generate`` with a KV cache each forward
-sees only the new tokens; positions are still counted from the start of the whole sequence.
+sees only the new tokens; positions are still counted from the start of the whole sequence (from
+the attention mask, or, when a call passes none because nothing is padded, from its position ids
+or cache positions).
 
 Position policies: ``"all"`` (every real token), ``"last"`` (the last real token of each forward
 call, so every new token while generating), ``"first"``, an int or a list of ints (indices among
@@ -56,7 +58,27 @@ def _mask_from_call(signature, args, kwargs) -> torch.Tensor | None:
             mask = None
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         return mask
+    # Without padding, transformers 5 ``generate`` passes no mask but position ids (older and remote
+    # code models: ``cache_position``); under a KV cache they say how many tokens came before, so
+    # positions keep counting from the sequence start. Nothing is padded then, so every row is real.
+    positions = kwargs.get("position_ids")
+    if not (isinstance(positions, torch.Tensor) and positions.dim() == 2):
+        positions = kwargs.get("cache_position")
+        positions = positions[None] if isinstance(positions, torch.Tensor) and positions.dim() == 1 else None
+    if positions is not None and positions.numel():
+        length = int(positions[:, -1].max()) + 1
+        if length >= positions.shape[1]:
+            batch = _batch_size(args, kwargs, positions.shape[0])
+            return torch.ones(batch, length, dtype=torch.long, device=positions.device)
     return None
+
+
+def _batch_size(args, kwargs, default: int) -> int:
+    """Rows of the call's ``input_ids``/``inputs_embeds`` (position ids may be one broadcast row)."""
+    for value in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), args[0] if args else None):
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return int(value.shape[0])
+    return default
 
 
 def position_mask(policy: Positions, attention_mask: torch.Tensor | None, shape: tuple[int, int],

@@ -52,6 +52,7 @@ class CrossModelMaps(Section):
 
     def _gather(self, ctx: AuditContext) -> tuple[list[str], torch.Tensor, list]:
         texts, vectors, groups = [], [], []
+        seen: set[str] = set()  # a repeated text would sit on both sides of the split
         for source in SOURCES:
             if not self.rows[source]:
                 continue
@@ -61,7 +62,11 @@ class CrossModelMaps(Section):
             order = index.argsort()
             for i, row in zip(index[order].tolist(), acts[order]):
                 item = items[i]
-                texts.append(getattr(item, "text", item))
+                text = getattr(item, "text", item)
+                if text in seen:
+                    continue
+                seen.add(text)
+                texts.append(text)
                 vectors.append(row)
                 groups.append(f"{source}:{getattr(item, 'subject', i)}")
         return texts, torch.stack(vectors), groups

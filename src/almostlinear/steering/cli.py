@@ -1,0 +1,198 @@
+"""``almostlinear steer``: fit a vector from contrast pairs, generate with it, sweep its strength.
+
+    almostlinear steer fit --pairs sentiment --layer 9 --out v.safetensors
+    almostlinear steer generate --vector v.safetensors --strength 0.1 --prompt "I went to the store and"
+    almostlinear steer dose --vector v.safetensors --strengths=-0.2,-0.1,0,0.1,0.2
+
+The library does the work; this module parses, loads and prints. Building the parser imports
+neither torch nor transformers (they load inside the commands), so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from ..core.errors import AlmostLinearError, EmptyDataError
+from .choices import METHODS, PAIR_SETS, READS, UNITS
+
+
+def read_pairs_file(spec: str) -> list[tuple[str, str]]:
+    """Built-in pair sets by name, or a file: JSON lines ``{"positive": .., "negative": ..}`` or a
+    two-column CSV/TSV (positive, negative; a header row naming them is skipped)."""
+    if spec in PAIR_SETS:
+        from ..data import sentiment
+
+        return list({"sentiment": sentiment.SENTIMENT_PAIRS, "weddings": sentiment.WEDDING_PAIRS}[spec])
+    path = Path(spec)
+    if not path.is_file():
+        raise EmptyDataError(f"no pair set {spec!r}: name one of {', '.join(PAIR_SETS)} or give a "
+                             ".jsonl/.csv/.tsv file")
+    if path.suffix in (".jsonl", ".json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [(r["positive"], r["negative"]) for r in rows]
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    with path.open(newline="") as handle:
+        rows = [r for r in csv.reader(handle, delimiter=delimiter) if r]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["positive", "negative"]:
+        rows = rows[1:]
+    return [(r[0], r[1]) for r in rows]
+
+
+def _positions(text: str):
+    if text.startswith("last:"):
+        return ("last", int(text.split(":", 1)[1]))
+    return text
+
+
+def _say(message: str) -> None:
+    print(f"· {message}", file=sys.stderr, flush=True)
+
+
+def _load_model(name: str | None):
+    from ..core.models import DEFAULT_MODEL, load
+
+    return load(name or DEFAULT_MODEL, progress=_say)
+
+
+def _load_vector(path: str):
+    from ..core.artifact import load
+    from .vector import SteeringVector
+
+    vector = load(path)
+    if not isinstance(vector, SteeringVector):
+        raise EmptyDataError(f"{path} holds a {vector.kind!r}, not a steering vector")
+    return vector
+
+
+def fit_command(args) -> int:
+    from .fit import fit_steering
+
+    loaded = _load_model(args.model)
+    pairs = read_pairs_file(args.pairs)
+    _say(f"fitting {args.method} at {args.site}.{args.layer} from {len(pairs)} pairs")
+    vector = fit_steering(loaded, pairs=pairs, layer=args.layer, site=args.site, method=args.method, read=args.read,
+                          positions=_positions(args.positions), progress=args.progress)
+    path = vector.save(args.out)
+    norms = ", ".join(f"{k} {v:.4g}" for k, v in vector.norms.items())
+    print(f"saved {path}: {vector.method} at {vector.site}.{vector.layer}; {norms}")
+    print(f"strength 1 adds a vector of norm {vector.norms['residual_median']:.4g} (the median residual norm)")
+    return 0
+
+
+def generate_command(args) -> int:
+    from ..data import sentiment
+    from .cost import side_effects
+    from .generate import generate_steered
+
+    vector = _load_vector(args.vector)
+    loaded = _load_model(args.model)
+    prompts = args.prompt or [sentiment.NEUTRAL_PROMPTS[0]]
+    positions = _positions(args.positions) if args.positions else None
+    kwargs = dict(positions=positions, units=args.units, max_new_tokens=args.max_new_tokens, chat=args.chat)
+    steered = generate_steered(loaded, prompts=prompts, vectors=vector, strength=args.strength, **kwargs)
+    base = generate_steered(loaded, prompts=prompts, vectors=None, **kwargs) if args.compare else None
+    for i, prompt in enumerate(prompts):
+        print(f"prompt:    {prompt}")
+        print(f"steered:   {steered[i]}")
+        if base is not None:
+            print(f"unsteered: {base[i]}")
+    if args.side_effects:
+        from .. import data
+
+        texts = data.neutral_texts(loaded.model, loaded.tokenizer, args.side_effects, max_new_tokens=64,
+                                   cache_key=loaded.fingerprint)
+        cost = side_effects(loaded, None, texts, lambda: vector.apply(loaded, args.strength, positions=positions,
+                                                                        units=args.units, check=False),
+                            max_length=96, skip_first=True)
+        print(f"side effects on {len(texts)} neutral texts: {cost}")
+    return 0
+
+
+def dose_command(args) -> int:
+    from ..data import sentiment
+    from .behaviour import TokenPreference
+    from .dose import dose_response
+
+    vector = _load_vector(args.vector)
+    loaded = _load_model(args.model)
+    strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
+    prompts = list(sentiment.NEUTRAL_PROMPTS[: args.prompts])
+    if args.words and args.against:
+        behaviour = TokenPreference([f" {w.strip()}" for w in args.words.split(",")],
+                                    [f" {w.strip()}" for w in args.against.split(",")])
+    elif args.behaviour == "sentiment":
+        behaviour = TokenPreference(sentiment.POSITIVE_WORDS, sentiment.NEGATIVE_WORDS)
+    else:
+        behaviour = TokenPreference(sentiment.WEDDING_WORDS, sentiment.PLAIN_WORDS)
+    neutral = list(sentiment.NEUTRAL_PROMPTS[args.prompts:]) or None
+    dose = dose_response(loaded, None, vector, prompts, strengths, behaviour, neutral=neutral, units=args.units,
+                         progress=args.progress)
+    print(f"{'strength':>9} {'effect':>9} {'s.e.':>7} {'KL':>8} {'dCE':>8}")
+    for s, e, se, kl, dce in zip(dose.strengths, dose.mean_effect, dose.stderr, dose.kl, dose.delta_ce):
+        kl_text = f"{kl:8.4f}" if kl is not None else f"{'-':>8}"
+        dce_text = f"{dce:+8.4f}" if dce is not None else f"{'-':>8}"
+        print(f"{s:9.3g} {e:+9.3f} {se:7.3f} {kl_text} {dce_text}")
+    fit = dose.linearity()
+    print(f"slope {fit['slope']:.3f} per unit strength, R^2 {fit['r2']:.3f}; "
+          f"{dose.anti_steerable():.0%} of prompts move the wrong way")
+    return 0
+
+
+def _run(func):
+    def wrapped(args) -> int:
+        try:
+            return func(args)
+        except AlmostLinearError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+def register(sub) -> None:
+    """Add ``steer`` with ``fit``, ``generate`` and ``dose`` to an argparse sub-parsers object."""
+    steer = sub.add_parser("steer", help="steering vectors: fit, generate, dose-response")
+    inner = steer.add_subparsers(dest="steer_command", required=True)
+
+    fit = inner.add_parser("fit", help="fit a steering vector from contrast pairs")
+    fit.add_argument("--model", help="name or folder (default: the default model)")
+    fit.add_argument("--pairs", default="sentiment",
+                     help=f"built-in set ({', '.join(PAIR_SETS)}) or a .jsonl/.csv/.tsv file of (positive, negative)")
+    fit.add_argument("--layer", type=int, required=True)
+    fit.add_argument("--site", default="resid_post")
+    fit.add_argument("--method", default="mean_diff", choices=METHODS)
+    fit.add_argument("--read", default="last", choices=READS)
+    fit.add_argument("--positions", default="all", help="all, prompt, generated or last:K")
+    fit.add_argument("--out", required=True)
+    fit.add_argument("--progress", action="store_true")
+    fit.set_defaults(func=_run(fit_command))
+
+    gen = inner.add_parser("generate", help="generate with a steering vector added")
+    gen.add_argument("--vector", required=True)
+    gen.add_argument("--strength", type=float, default=0.1,
+                     help="in units of the median residual norm at the vector's layer (see --units)")
+    gen.add_argument("--prompt", action="append", help="may be repeated")
+    gen.add_argument("--model", help="name or folder (default: the default model)")
+    gen.add_argument("--positions", default=None, help="all, prompt, generated or last:K (default: the vector's)")
+    gen.add_argument("--units", default="residual", choices=UNITS)
+    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
+    gen.add_argument("--compare", action="store_true", help="also print the unsteered continuation")
+    gen.add_argument("--side-effects", type=int, default=0, metavar="N",
+                     help="also report KL and cross-entropy change on N neutral texts")
+    gen.set_defaults(func=_run(generate_command))
+
+    dose = inner.add_parser("dose", help="behaviour change and side effects against strength")
+    dose.add_argument("--vector", required=True)
+    dose.add_argument("--model", help="name or folder (default: the default model)")
+    dose.add_argument("--strengths", default="-0.2,-0.1,0,0.1,0.2")
+    dose.add_argument("--behaviour", default="sentiment", choices=("sentiment", "weddings"))
+    dose.add_argument("--words", help="comma-separated next words scored for (instead of --behaviour)")
+    dose.add_argument("--against", help="comma-separated next words scored against (with --words)")
+    dose.add_argument("--prompts", type=int, default=16, help="neutral prompts scored (the rest measure side effects)")
+    dose.add_argument("--units", default="residual", choices=UNITS)
+    dose.add_argument("--progress", action="store_true")
+    dose.set_defaults(func=_run(dose_command))
