@@ -1,0 +1,195 @@
+"""``almostlinear edit`` and ``almostlinear generate``: make a fact edit, save it, and see it at work.
+
+``edit`` computes a ROME, MEMIT or AlphaEdit edit for one request, prints the target's probability
+before and with the edit, and saves it as one ``.safetensors`` file. ``generate`` loads such a file,
+checks it belongs to the model, and prints a continuation without and with the edit, one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Any
+
+import torch
+
+from ..core.artifact import FingerprintWarning
+from ..core.errors import ArtifactError
+from .request import EditRequest, EditRequestError
+
+METHODS = ("rome", "memit", "alphaedit")
+
+
+def _say(message: str) -> None:
+    print(f"· {message}", file=sys.stderr, flush=True)
+
+
+def build_request(prompt: str, subject: str, target: str) -> EditRequest:
+    """The request for ``prompt``: it holds ``{}`` where the subject goes, or the subject itself.
+
+    ``"Paris is in"`` with subject ``"Paris"`` becomes ``"{} is in"``; a prompt with neither is an error.
+    """
+    if "{}" not in prompt:
+        if not subject or subject not in prompt:
+            raise EditRequestError(
+                f"the subject {subject!r} is not in the prompt {prompt!r}: write the prompt with '{{}}' where the "
+                f"subject goes (e.g. --prompt \"{{}} is located in\") or include the subject's exact text"
+            )
+        start = prompt.find(subject)
+        prompt = prompt[:start] + "{}" + prompt[start + len(subject):]
+    return EditRequest(prompt, subject, target)
+
+
+def _load(model: str | Any):
+    from ..core.models import LoadedModel, load
+
+    return model if isinstance(model, LoadedModel) else load(model, progress=_say)
+
+
+def _make_edit(loaded, request: EditRequest, method: str, layer: int | None, stats_tokens: int | None,
+               progress: bool):
+    from . import hparams_for
+
+    overrides = {} if stats_tokens is None else {"stats_tokens": stats_tokens}
+    if method == "rome":
+        from .rome import rome
+
+        hp = hparams_for(loaded.model, **overrides)
+        return rome(loaded.model, loaded.tokenizer, request, layer=layer, hparams=hp, progress=progress)
+    if method in ("memit", "alphaedit"):
+        import importlib
+
+        solve = getattr(importlib.import_module("almostlinear.editing"), method, None)
+        if solve is None:
+            raise EditRequestError(f"{method} is not available in this version of almostlinear")
+        layers = None if layer is None else [layer]
+        hp = hparams_for(loaded.model, **overrides)
+        return solve(loaded.model, loaded.tokenizer, [request], layers=layers, hparams=hp,
+                              progress=progress)
+    raise EditRequestError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _target_probability(loaded, request: EditRequest) -> float:
+    from .eval import target_nll
+
+    nll = target_nll(loaded.model, loaded.tokenizer, [request.text], [request.target])
+    return float(torch.exp(-nll[0]))
+
+
+def edit_command(model: str | Any, prompt: str, subject: str, target: str, *, method: str = "rome",
+                 layer: int | None = None, out: str | None = None, stats_tokens: int | None = None,
+                 progress: bool = False, stream=None):
+    """Compute one edit, print its effect on the prompt, save it to ``out``; returns the edit."""
+    stream = stream or sys.stdout
+    request = build_request(prompt, subject, target)
+    if method not in METHODS:
+        raise EditRequestError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    loaded = _load(model)
+    before = _target_probability(loaded, request)
+    _say(f"computing a {method} edit of {request.text!r} → {request.target!r}")
+    edit = _make_edit(loaded, request, method, layer, stats_tokens, progress)
+    with edit.apply(loaded.model):
+        after = _target_probability(loaded, request)
+        edited = _greedy(loaded, request.text, 8)
+    print(f"prompt: {request.text}", file=stream)
+    print(f"P({request.target!r}) per token: {before:.4f} unedited, {after:.4f} edited "
+          f"({method}, layer{'s' if len(edit.layers) > 1 else ''} {', '.join(map(str, edit.layers))})", file=stream)
+    print(f"edited continuation: {edited}", file=stream)
+    if out is not None:
+        path = edit.save(out)
+        print(f"saved the edit to {path}", file=stream)
+    return edit
+
+
+def _greedy(loaded, prompt: str, max_new_tokens: int) -> str:
+    tokenizer = loaded.tokenizer
+    device = next(loaded.model.parameters()).device
+    ids = tokenizer(prompt, return_tensors="pt").to(device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.inference_mode():
+        out = loaded.model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def load_edit(path: str):
+    """Read an edit file; any other artifact kind is a clear error."""
+    from ..core.artifact import load
+    from .edit import LowRankEdit
+
+    artifact = load(path)
+    if not isinstance(artifact, LowRankEdit):
+        raise ArtifactError(f"{path} holds a {artifact.kind!r}, not an edit (make one with 'almostlinear edit')")
+    return artifact
+
+
+def generate_command(model: str | Any, edit_path: str, prompts: list[str], *, max_new_tokens: int = 30,
+                     strict: bool = False, stream=None) -> list[tuple[str, str]]:
+    """Greedy continuations of each prompt without and with the edit; returns ``[(without, with)]``."""
+    stream = stream or sys.stdout
+    edit = load_edit(edit_path)
+    loaded = _load(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FingerprintWarning)
+        edit.check_model(loaded.fingerprint, strict=strict)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    rows = []
+    for prompt in prompts:
+        without = _greedy(loaded, prompt, max_new_tokens)
+        with edit.apply(loaded.model, strict=strict):
+            edited = _greedy(loaded, prompt, max_new_tokens)
+        rows.append((without, edited))
+        print(f"prompt:    {prompt}", file=stream)
+        print(f"unedited:  {without}", file=stream)
+        print(f"edited:    {edited}", file=stream)
+        print(file=stream)
+    return rows
+
+
+def _threads(value: int | None) -> None:
+    import os
+
+    torch.set_num_threads(value or max(1, os.cpu_count() or 1))
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    _threads(args.threads)
+    edit_command(args.model, args.prompt, args.subject, args.target, method=args.method, layer=args.layer,
+                 out=args.out, stats_tokens=args.stats_tokens, progress=args.progress)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    _threads(args.threads)
+    generate_command(args.model, args.edit, args.prompt, max_new_tokens=args.max_new_tokens, strict=args.strict)
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``edit`` and ``generate`` to an argparse sub-parsers object."""
+    from ..core.models import DEFAULT_MODEL
+
+    edit = sub.add_parser("edit", help="rewrite one fact in the weights (ROME/MEMIT/AlphaEdit) and save the edit")
+    edit.add_argument("--subject", required=True, help='the subject, e.g. "Eiffel Tower"')
+    edit.add_argument("--prompt", required=True, help='the prompt with {} for the subject, e.g. "{} is located in"')
+    edit.add_argument("--target", required=True, help='the new continuation, e.g. "Rome"')
+    edit.add_argument("--method", choices=METHODS, default="rome")
+    edit.add_argument("--layer", type=int, default=None, help="block to edit (default: 20 %% of the depth)")
+    edit.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, local folder, or hub id")
+    edit.add_argument("--out", default=None, help="save the edit to this .safetensors file")
+    edit.add_argument("--stats-tokens", type=int, default=None,
+                      help="tokens of model-generated text for the key statistics (cached per model)")
+    edit.add_argument("--progress", action="store_true", help="show progress bars")
+    edit.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    edit.set_defaults(func=cmd_edit)
+
+    gen = sub.add_parser("generate", help="continue prompts without and with a saved edit, side by side")
+    gen.add_argument("--edit", required=True, help="an edit file written by 'almostlinear edit'")
+    gen.add_argument("--prompt", required=True, action="append", help="a prompt (repeat for several)")
+    gen.add_argument("--model", default=DEFAULT_MODEL, help="the model the edit was made for")
+    gen.add_argument("--max-new-tokens", type=int, default=30)
+    gen.add_argument("--strict", action="store_true",
+                     help="refuse (instead of warning) an edit made for another model")
+    gen.add_argument("--threads", type=int, default=None)
+    gen.set_defaults(func=cmd_generate)

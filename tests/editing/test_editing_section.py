@@ -1,0 +1,71 @@
+"""The editing audit section on a tiny model (invented facts) and on SmolLM2."""
+
+from __future__ import annotations
+
+import pytest
+import scipy.stats
+from tiny_models import TEXTS, build_model, make_tokenizer
+
+from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.models import LoadedModel
+from almostlinear.data.facts import Fact
+from almostlinear.editing.counterfact import Relation
+from almostlinear.editing.eval import rank_correlation
+from almostlinear.editing.section import EditingSection
+
+RELATION = Relation("city_in_country",
+                    prompts=("{} is a city in the country of", "the city of {} is in the country of",
+                             "{} is in the country of"),
+                    generation_prompts=("{} is",))
+COUNTRIES = ["France", "Italy", "Germany", "Spain", "Japan"]
+CITIES = ["Paris", "Rome", "Berlin", "Madrid", "Tokyo", "cat", "dog", "bird", "fish", "tree", "house", "road"]
+FACTS = [Fact(c, "city_in_country", COUNTRIES[i % len(COUNTRIES)]) for i, c in enumerate(CITIES)]
+
+
+def _loaded(model, tokenizer, name="tiny") -> LoadedModel:
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=name, kind="causal-lm")
+
+
+def test_rank_correlation_matches_scipy():
+    x = [0.3, 1.0, -2.0, 0.3, 5.0, 4.0]
+    y = [1.0, 2.0, 0.0, 3.0, 3.0, -1.0]
+    assert rank_correlation(x, y) == pytest.approx(scipy.stats.spearmanr(x, y).statistic)
+    assert rank_correlation([1, 1, 1], [1, 2, 3]) != rank_correlation([1, 1, 1], [1, 2, 3])  # NaN
+
+
+def test_section_on_a_tiny_model():
+    model, tok = build_model("llama"), make_tokenizer()
+    ctx = AuditContext(_loaded(model, tok), Budget.quick(), progress=lambda m: None)
+    texts = list(TEXTS) * 4
+    section = EditingSection(relation=RELATION, facts=FACTS, require_known=False)
+    (result,) = run_sections(ctx, [section], lambda source: texts)
+    assert result.status == "ok", result.notes
+    assert result.metric("edits").value == 3
+    assert result.metric("undo_exact").value == 1.0
+    assert result.metric("bake_undo_exact").value == 1.0
+    for key in ("es", "ps", "ns", "s"):
+        assert 0 <= result.metric(f"edit_{key}").value <= 100
+        assert result.metric(f"edit_{key}").source == "arXiv 2202.05262"
+    assert result.metric("key_statistics_tokens").value > 0
+    assert result.figures and result.figures[0].id == "edit_bleed"
+
+
+def test_section_skips_encoders():
+    model, tok = build_model("bert"), make_tokenizer()
+    loaded = LoadedModel(model=model, tokenizer=tok, name="bert", path="bert", kind="encoder")
+    ctx = AuditContext(loaded, Budget.quick(), progress=lambda m: None)
+    (result,) = run_sections(ctx, [EditingSection()], lambda source: list(TEXTS))
+    assert result.status == "skipped"
+
+
+@pytest.mark.real
+def test_section_on_smollm2(smollm2):
+    from almostlinear.audit.sources import texts_for
+
+    ctx = AuditContext(smollm2, Budget.quick(), progress=lambda m: None)
+    (result,) = run_sections(ctx, [EditingSection(edits=1)], lambda source: texts_for(ctx, source))
+    assert result.status == "ok", result.notes
+    assert result.metric("edits").value == 1
+    assert result.metric("undo_exact").value == 1.0 and result.metric("bake_undo_exact").value == 1.0
+    assert result.metric("edit_es").value >= result.metric("unedited_es").value
+    print({m.name: m.value for m in result.metrics if m.layer is None}, result.elapsed_s)
