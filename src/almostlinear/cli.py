@@ -85,6 +85,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# Lever families that contribute their own commands (each module's ``register(sub)``); their heavy
+# imports happen inside the commands, so building the parser stays fast.
+FAMILY_COMMANDS = ("steering", "erasure", "editing", "merging", "adapters", "connectivity", "latent", "translate", "sae")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .core.models import DEFAULT_MODEL
@@ -128,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models available offline")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
+
+    import importlib
+
+    for family in FAMILY_COMMANDS:
+        importlib.import_module(f"almostlinear.{family}.cli").register(sub)
     return parser
 
 
@@ -136,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .core.errors import AlmostLinearError
 
+    # Commands choose torch's thread count; when run in-process (tests, notebooks) put the caller's back.
+    torch = sys.modules.get("torch")
+    threads_before = torch.get_num_threads() if torch is not None else None
     try:
         return args.func(args)
     except AlmostLinearError as error:
@@ -144,3 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; no report was written", file=sys.stderr)
         return 130
+    finally:
+        if threads_before is not None:
+            sys.modules["torch"].set_num_threads(threads_before)

@@ -105,3 +105,11 @@ def test_cli_reports_unknown_model_and_lists_models(capsys):
     assert "smollm2-135m" in err and "minilm-l6" in err
     assert main(["models"]) == 0
     assert "smollm2-135m" in capsys.readouterr().out
+
+
+def test_a_command_run_in_process_puts_the_thread_count_back(tmp_path):
+    before = torch.get_num_threads()
+    code = main(["audit", "--model", str(tmp_path / "no-such-model"), "--threads", str(before + 1),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2  # the missing model is a clear error, not a traceback
+    assert torch.get_num_threads() == before
