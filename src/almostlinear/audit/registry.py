@@ -6,20 +6,28 @@ shared forward passes.
 
 from __future__ import annotations
 
+from ..connectivity.section import WeightSpaceSection
+from ..editing.section import EditingSection
+from ..erasure.section import ErasureSection
+from ..latent.section import LatentPaths
 from ..lens.section import LogitLensSection
 from ..linearity.blocks_section import BlockLinearitySection
 from ..linearity.causal_section import CausalInnerProductSection
 from ..linearity.section import InterLayerLinearity
+from ..linearity.tangent_section import TangentSection
 from ..probes.section import TruthProbes
+from ..sae.section import SaeSection
 from ..similarity.section import SimilaritySection
 from ..spectra.section import SpectraSection
+from ..steering.section import SteeringSection
+from ..translate.section import CrossModelMaps
 from ..truth.section import TruthDirectionsSection
 from .model_card import ModelCard
 from .plan import Section
 
 SECTIONS: tuple[type[Section], ...] = (
     ModelCard, InterLayerLinearity, BlockLinearitySection, CausalInnerProductSection, LogitLensSection, TruthProbes, TruthDirectionsSection, SpectraSection,
-    SimilaritySection,
+    SimilaritySection, SteeringSection, ErasureSection, EditingSection, SaeSection, TangentSection, WeightSpaceSection, CrossModelMaps, LatentPaths,
 )
 
 
