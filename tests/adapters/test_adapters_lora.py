@@ -163,3 +163,23 @@ def test_cli_combines_exactly_and_by_svd(base, folders, tmp_path, capsys):
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "rank 2 by SVD" in printed and "PEFT's 'linear'" in printed
+
+
+def test_a_failed_write_keeps_the_previous_adapter_whole(folders, tmp_path, monkeypatch):
+    from almostlinear.adapters import lora as lora_module
+
+    first = ad.read_peft(folders[0])
+    out = tmp_path / "adapter"
+    ad.write_peft(first, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bigger = ad.combine_exact([first, ad.read_peft(folders[1])])  # other ranks: a mixed pair would not load
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    for target, name in ((lora_module, "save_file"), (lora_module.json, "dumps")):  # weights, then config
+        with monkeypatch.context() as m:
+            m.setattr(target, name, broken)
+            with pytest.raises(OSError, match="disk full"):
+                ad.write_peft(bigger, out)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before

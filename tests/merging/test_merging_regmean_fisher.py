@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from tiny_models import build_model
 
@@ -73,3 +74,32 @@ def test_diagonal_fisher_matches_per_sequence_autograd():
         logp.gather(1, row[1:, None]).sum().backward()
         total += dict(model.named_parameters())[name].grad ** 2
     torch.testing.assert_close(fisher[name], total / 2, rtol=1e-4, atol=1e-10)
+
+
+def test_diagonal_fisher_ignores_padding_on_either_side():
+    torch.manual_seed(0)
+    model = build_model("llama")
+    ids = torch.randint(3, 90, (1, 5))
+    plain = diagonal_fisher(model, [{"input_ids": ids}], empirical=True)
+    pad = torch.zeros(1, 2, dtype=ids.dtype)
+    ones, zeros = torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)
+    left = diagonal_fisher(model, [{"input_ids": torch.cat([pad, ids], 1),
+                                    "attention_mask": torch.cat([zeros, ones], 1)}], empirical=True)
+    right = diagonal_fisher(model, [{"input_ids": torch.cat([ids, pad], 1),
+                                     "attention_mask": torch.cat([ones, zeros], 1)}], empirical=True)
+    for name in plain:
+        torch.testing.assert_close(left[name], plain[name])
+        torch.testing.assert_close(right[name], plain[name])
+
+
+def test_fisher_merge_refuses_partial_fishers_and_bad_weights():
+    from almostlinear.core.errors import AlmostLinearError, NonFiniteError
+
+    sds = [{"w": torch.randn(3), "ids": torch.arange(2)} for _ in range(2)]
+    fs = [{"w": torch.rand(3)}, {"w": torch.rand(3)}]
+    with pytest.raises(AlmostLinearError, match="'w'.*model 1"):
+        fisher_merge(sds, [fs[0], {}])
+    with pytest.raises(NonFiniteError, match="'w'"):  # no model is sensitive and eps = 0: 0/0
+        fisher_merge(sds, [{"w": torch.zeros(3)}, {"w": torch.zeros(3)}], eps=0.0)
+    with pytest.raises(AlmostLinearError, match="'ids'"):
+        fisher_merge([sds[0], dict(sds[1], ids=torch.arange(2) + 1)], fs)

@@ -192,13 +192,19 @@ def write_peft(adapter: LoraAdapter, folder: str | os.PathLike, *, dtype: torch.
         "alpha_pattern": {n: r for n, r in ranks.items() if r != common},
     })
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", dir=folder)
-    os.close(fd)
+    temps = {}
     try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, folder / WEIGHTS_NAME)
+        # both files are complete on disk before either replaces an older adapter's, so a failure
+        # cannot pair new weights with an old config (ranks and scales would silently disagree)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            fd, temps[name] = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+            os.close(fd)
+        save_file(tensors, temps[WEIGHTS_NAME], metadata={"format": "pt"})
+        Path(temps[CONFIG_NAME]).write_text(json.dumps(config, indent=2))
+        for name, tmp in temps.items():
+            os.replace(tmp, folder / name)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return folder

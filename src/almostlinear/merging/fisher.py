@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from ..core.errors import AlmostLinearError, EmptyDataError
+from ..core.errors import AlmostLinearError, EmptyDataError, NonFiniteError
 from .state_dicts import check_compatible
 
 Tensor = torch.Tensor
@@ -31,15 +31,23 @@ def fisher_merge(state_dicts: Sequence[Mapping[str, Tensor]], fishers: Sequence[
     for k in keys:
         ts = [sd[k] for sd in state_dicts]
         if not ts[0].is_floating_point():
+            if any(not torch.equal(t, ts[0]) for t in ts[1:]):
+                raise AlmostLinearError(f"non-float tensor {k!r} differs between models and cannot be merged")
             out[k] = ts[0].clone()
             continue
-        if all(k in f for f in fishers):
+        has = [k in f for f in fishers]
+        if any(has) and not all(has):
+            raise AlmostLinearError(f"tensor {k!r} has a Fisher for some models but not for model {has.index(False)}")
+        if all(has):
             num = sum(wi * (f[k].double() + eps) * t.double() for wi, f, t in zip(w, fishers, ts))
             den = sum(wi * (f[k].double() + eps) for wi, f in zip(w, fishers))
         else:
             num = sum(wi * t.double() for wi, t in zip(w, ts))
             den = torch.full_like(num, sum(w))
-        out[k] = (num / den).to(ts[0].dtype)
+        merged = (num / den).to(ts[0].dtype)
+        if not torch.isfinite(merged).all():
+            raise NonFiniteError(f"Fisher merging tensor {k!r} gave NaN or infinite values (weights summing to 0?)")
+        out[k] = merged
     return out
 
 
@@ -58,10 +66,9 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Mapping[str, Tenso
             ids = batch["input_ids"]
             mask = batch.get("attention_mask", torch.ones_like(ids))
             for row in range(ids.shape[0]):
-                length = int(mask[row].sum())
-                if length < 2:
+                x = ids[row][mask[row].bool()][None]  # real tokens only, whichever side the padding is on
+                if x.shape[1] < 2:
                     continue
-                x = ids[row:row + 1, :length]
                 model.zero_grad(set_to_none=True)
                 logits = model(input_ids=x).logits[0, :-1].float()
                 logp = torch.log_softmax(logits, -1)

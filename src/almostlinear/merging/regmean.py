@@ -80,7 +80,10 @@ def collect_grams(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
             x = inputs[0].detach()
             x = x.reshape(-1, x.shape[-1])
             m = mask_holder["mask"]
-            if m is not None and m.numel() == x.shape[0]:
+            if m is not None:
+                if m.numel() != x.shape[0]:  # e.g. a module that sees another sequence length
+                    raise ShapeError(f"module {name!r} sees {x.shape[0]} positions but the attention mask "
+                                     f"has {m.numel()}; padding could not be dropped")
                 x = x[m.reshape(-1).bool()]
             x = x.double()
             key = f"{name}.weight"

@@ -16,9 +16,9 @@ import torch
 from ..core.errors import AlmostLinearError
 from .chunked import merge_into
 from .plan import DTYPES, MergePlan, plan_merge
-from .recipe import Recipe, layer_position, parse_recipe
+from .recipe import ALLOWED, Recipe, layer_position, parse_recipe
 from .signals import MergeSignals
-from .writer import DEFAULT_SHARD_BYTES, AtomicShardedWriter
+from .writer import DEFAULT_SHARD_BYTES, AtomicShardedWriter, OutputTensor
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "tokenizer.model", "chat_template.jinja", "added_tokens.json")
@@ -36,8 +36,6 @@ class MergeResult:
 
 def tensor_options(recipe: Recipe, name: str, position: float) -> tuple[list[float], dict[str, Any]]:
     """Weights (one per model) and the method's options for one tensor, in the dispatcher's terms."""
-    from .recipe import ALLOWED
-
     n = len(recipe.models)
     allowed = ALLOWED[recipe.method]
     weights = ([float(recipe.value("weight", name, position, i)) for i in range(n)]
@@ -109,11 +107,17 @@ def merge_files(recipe: Recipe | str | os.PathLike | Mapping, out: str | os.Path
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(order), desc=f"{recipe.method} merge", unit="tensor", file=sys.stderr)
+    # One byte buffer per input and one for the result, sized for the largest tensor and reused:
+    # the same peak memory as fresh tensors, without faulting in and zeroing new pages each time.
+    largest = max(t.nbytes for t in writer.order)
+    for source in plan.inputs:
+        largest = max([largest] + [source.info(n).nbytes for n in order if n in source])
+    workspace = [torch.empty(largest, dtype=torch.uint8) for _ in range(len(plan.inputs) + 1)]
     with writer:
         for name in order:
             item = planned[name]
-            base = plan.base.read(name) if plan.base is not None else None
-            tensors = [m.read(name) for m in plan.models]
+            reads = [source.read(name, buffer=buf) for source, buf in zip(plan.inputs, workspace)]
+            base, tensors = (reads[0], reads[1:]) if plan.base is not None else (None, reads)
             if item.action == "copy":
                 ref = base if base is not None else tensors[0]
                 for m, t in zip(plan.models, tensors):
@@ -126,7 +130,8 @@ def merge_files(recipe: Recipe | str | os.PathLike | Mapping, out: str | os.Path
                 tensors = [t.to(read_dtype) for t in tensors]
             position = layer_position(name, plan.n_layers)
             weights, options = tensor_options(recipe, name, position)
-            result = torch.empty(item.shape, dtype=item.out_dtype)
+            result = workspace[-1][:OutputTensor(name, item.shape, item.out_dtype).nbytes]
+            result = result.view(item.out_dtype).view(item.shape)
             merge_into(recipe.method, name, tensors, weights, base, options, result)
             signals.update(base if base is not None else tensors[0], tensors)
             writer.write(name, result)

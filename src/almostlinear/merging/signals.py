@@ -30,6 +30,7 @@ class MergeSignals:
     conflicts: int = 0
     overlaps: int = 0
     elements: int = 0
+    _buffer: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.gram is None:
@@ -45,10 +46,18 @@ class MergeSignals:
         ref = reference.reshape(-1)
         flat = [t.reshape(-1) for t in tensors]
         n = ref.numel()
+        if self._buffer is None or self._buffer.shape[1] < min(chunk, n):  # reused across slices and tensors
+            self._buffer = torch.empty(len(flat), chunk, dtype=torch.float32)
+        buffer = self._buffer
         for s in range(0, n, chunk):
             r = ref[s:s + chunk].float()
             self.reference_sq += float(torch.dot(r, r))
-            d = torch.stack([t[s:s + chunk].float() - r for t in flat])
+            d = buffer[:, :r.numel()]
+            for i, t in enumerate(flat):
+                if tensors[i] is reference:  # without a base the first model is the reference: its τ is 0
+                    d[i].zero_()
+                else:
+                    torch.sub(t[s:s + chunk].float(), r, out=d[i])
             self.gram += (d @ d.T).double()
         self.elements += n
         if len(flat) >= 2 and n:

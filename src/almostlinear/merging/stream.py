@@ -120,10 +120,17 @@ class Checkpoint:
             raise AlmostLinearError(f"{self.label} has no tensor {name!r}")
         return self.infos[name]
 
-    def read(self, name: str) -> torch.Tensor:
-        """Read one tensor from disk into a new CPU tensor."""
+    def read(self, name: str, *, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Read one tensor from disk into a new CPU tensor, or into the front of ``buffer`` (a 1-D
+        uint8 tensor, reused across tensors so that the pages are not faulted in and zeroed again
+        for every tensor). With a buffer the result is a view of it, valid until the next read."""
         info = self.info(name)
-        out = torch.empty(info.shape, dtype=info.dtype)
+        if buffer is None:
+            out = torch.empty(info.shape, dtype=info.dtype)
+        else:
+            if buffer.dtype != torch.uint8 or buffer.dim() != 1 or buffer.numel() < info.nbytes:
+                raise AlmostLinearError(f"read buffer must be a 1-D uint8 tensor of at least {info.nbytes} bytes")
+            out = buffer[:info.nbytes].view(info.dtype).view(info.shape)
         if info.nbytes == 0:
             return out
         view = memoryview(out.view(-1).view(torch.uint8).numpy())

@@ -17,6 +17,7 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ..core.errors import AlmostLinearError
 from .stream import INDEX_NAME, dtype_name
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+HASH_IN_THREAD_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class AtomicShardedWriter:
         self._shard = -1
         self._handle = None
         self._hash = None
+        self._hasher: ThreadPoolExecutor | None = None
         self.checksums: dict[str, str] = {}
         self.total_size = sum(t.nbytes for t in self.order)
 
@@ -120,8 +123,19 @@ class AtomicShardedWriter:
         self._shard = i
 
     def _emit(self, data) -> None:
-        self._handle.write(data)
-        self._hash.update(data)
+        if len(data) < HASH_IN_THREAD_BYTES:
+            self._handle.write(data)
+            self._hash.update(data)
+            return
+        # hashlib and file writes both release the GIL on large buffers: hash the bytes in a second
+        # thread while they are written, instead of reading them back after the shard is closed
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-sha256")
+        hashed = self._hasher.submit(self._hash.update, data)
+        try:
+            self._handle.write(data)
+        finally:
+            hashed.result()
 
     def _close_shard(self) -> None:
         if self._handle is None:
@@ -131,6 +145,11 @@ class AtomicShardedWriter:
         self._handle.close()
         self.checksums[self.file_names[self._shard]] = self._hash.hexdigest()
         self._handle = None
+
+    def _stop_hasher(self) -> None:
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True)
+            self._hasher = None
 
     def expected(self) -> OutputTensor | None:
         return self.order[self._position] if self._position < len(self.order) else None
@@ -157,6 +176,7 @@ class AtomicShardedWriter:
         if self._position != len(self.order):
             raise AlmostLinearError(f"only {self._position} of {len(self.order)} planned tensors were written")
         self._close_shard()
+        self._stop_hasher()
         weight_map = {t.name: self.file_names[i] for i, s in enumerate(self.shards) for t in s}
         index = {"metadata": {"total_size": self.total_size, "sha256": self.checksums},
                  "weight_map": weight_map}
@@ -180,6 +200,7 @@ class AtomicShardedWriter:
         return self.out
 
     def abort(self) -> None:
+        self._stop_hasher()
         if self._handle is not None:
             self._handle.close()
             self._handle = None
