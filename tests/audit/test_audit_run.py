@@ -75,7 +75,7 @@ def test_encoder_audit_skips_logit_sections_with_reasons(tmp_path):
     report = run_audit(_loaded("bert"), budget=BUDGET, texts=_texts(), progress=lambda _: None)
     status = {s.id: s.status for s in report.sections}
     needs_head = {"logit_lens", "truth_probes", "truth_directions", "block_linearity", "causal_inner_product",
-                  "steering", "erasure", "translate"}
+                  "steering", "erasure", "translate", "editing"}
     assert all(status[k] == "skipped" for k in needs_head)
     assert all(v == "ok" for k, v in status.items() if k not in needs_head), status
     assert "output head" in report.section("logit_lens").notes[0]

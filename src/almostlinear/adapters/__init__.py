@@ -3,41 +3,19 @@ target rank with the error stated, and the distance of PEFT's own combinations f
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-_HOMES = {  # public name -> module: imported on first use, so that the CLI parser (which
-    # imports this package to reach its cli module) does not pay for torch
-    "LoraAdapter": "lora",
-    "LoraFactors": "lora",
-    "SvdCombination": "combine",
-    "combine_exact": "combine",
-    "combine_svd": "combine",
-    "exact_sum": "combine",
-    "linear_factor_mix": "combine",
-    "peft_combination": "peft_compare",
-    "peft_error": "peft_compare",
-    "read_peft": "lora",
-    "relative_error": "combine",
-    "write_peft": "lora",
+from ..core.lazy import lazy_exports
+
+# Names resolve on first use: building the command-line parser imports this package to reach its
+# cli module, and should not pay for torch.
+_PUBLIC = {
+    "combine": ("SvdCombination", "combine_exact", "combine_svd", "exact_sum", "linear_factor_mix",
+        "relative_error"),
+    "lora": ("LoraAdapter", "LoraFactors", "read_peft", "write_peft"),
+    "peft_compare": ("peft_combination", "peft_error"),
 }
-
-__all__ = [
-    "LoraAdapter", "LoraFactors", "SvdCombination", "combine_exact", "combine_svd", "exact_sum",
-    "linear_factor_mix", "peft_combination", "peft_error", "read_peft", "relative_error", "write_peft",
-]
-
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)
 
 
 if TYPE_CHECKING:
