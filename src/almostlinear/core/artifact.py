@@ -81,17 +81,12 @@ class Artifact:
 
     def _split(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, plain = {}, {}
-        seen: set[int] = set()
         for f in dataclasses.fields(self):
             if f.name == "provenance":
                 continue
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
-                tensor = value.detach().to("cpu").contiguous()
-                if tensor.numel() and tensor.data_ptr() in seen:
-                    tensor = tensor.clone()  # safetensors refuses two names for one memory
-                seen.add(tensor.data_ptr())
-                tensors[f.name] = tensor
+                tensors[f.name] = value
             else:
                 plain[f.name] = value
         return tensors, plain
@@ -107,21 +102,7 @@ class Artifact:
             "fields": plain,
             "provenance": dataclasses.asdict(self.provenance),
         }
-        try:
-            encoded = json.dumps(header, sort_keys=True)
-        except TypeError as error:
-            raise ArtifactError(f"a field of {type(self).__name__} is not JSON-serialisable: {error}") from error
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={HEADER_KEY: encoded})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_file(path, tensors, header, what=type(self).__name__)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Artifact:
@@ -143,6 +124,33 @@ class Artifact:
         if strict:
             raise ArtifactError(message)
         warnings.warn(message, FingerprintWarning, stacklevel=3)
+
+
+def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, Any], *,
+               what: str = "artifact") -> Path:
+    """Write ``tensors`` and an almostlinear ``header`` to one ``.safetensors`` file, atomically."""
+    try:
+        encoded = json.dumps(header, sort_keys=True)
+    except TypeError as error:
+        raise ArtifactError(f"a field of {what} is not JSON-serialisable: {error}") from error
+    stored, seen = {}, set()
+    for name, value in tensors.items():
+        tensor = value.detach().to("cpu").contiguous()
+        if tensor.numel() and tensor.data_ptr() in seen:
+            tensor = tensor.clone()  # safetensors refuses two names for one memory
+        seen.add(tensor.data_ptr())
+        stored[name] = tensor
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(stored, tmp, metadata={HEADER_KEY: encoded})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:

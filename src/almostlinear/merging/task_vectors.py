@@ -9,18 +9,16 @@ inside a ``with`` block and restores it bit for bit, ``bake_`` changes it for go
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..core.artifact import HEADER_KEY, Provenance, register_file_kind
+from ..core.artifact import Provenance, read_header, register_file_kind, write_file
 from ..core.errors import ArtifactError, EmptyDataError, ShapeError
 from .methods import trim_magnitude
 
@@ -180,42 +178,16 @@ class TaskVector:
     # ---- files -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """One ``.safetensors`` file; tensor names are the parameter names, the header records the kind."""
-        import dataclasses
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {"kind": KIND, "format_version": 1, "fields": {},
                   "provenance": dataclasses.asdict(self.provenance)}
-        tensors, seen = {}, set()
-        for k, v in self.deltas.items():
-            t = v.detach().cpu().contiguous()
-            if t.numel() and t.data_ptr() in seen:
-                t = t.clone()
-            seen.add(t.data_ptr())
-            tensors[k] = t
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_file(path, self.deltas, header, what="task vector")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskVector:
-        path = Path(path)
-        if not path.is_file():
-            raise ArtifactError(f"no task vector file at {path}")
+        header = read_header(path)
+        if header.get("kind") != KIND:
+            raise ArtifactError(f"{path} holds a {header.get('kind')!r}, not a {KIND!r}")
         with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            try:
-                header = json.loads(meta[HEADER_KEY])
-            except (KeyError, ValueError) as error:
-                raise ArtifactError(f"{path} is not an almostlinear task vector") from error
-            if header.get("kind") != KIND:
-                raise ArtifactError(f"{path} holds a {header.get('kind')!r}, not a {KIND!r}")
             deltas = {name: handle.get_tensor(name) for name in handle.keys()}
         return cls(deltas, Provenance(**header.get("provenance", {})))
 
