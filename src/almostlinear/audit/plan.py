@@ -183,9 +183,13 @@ def _dispatch(batch: Batch, pairs, failed: set[str], results: dict, source: str)
         if need.positions == "last":
             if last_rows is None:
                 last_rows = last_token_rows(batch)
-            view = _subset(batch, last_rows, need.sites)
+            rows = last_rows
         else:
-            view = _subset(batch, torch.arange(len(batch)), need.sites)
+            rows = torch.arange(len(batch))
+        if need.skip_first:
+            # The shared pass keeps first tokens when any other need wants them; drop them here.
+            rows = rows[batch.position[rows] > 0]
+        view = _subset(batch, rows, need.sites)
         if view.logits is not None and need.logits_texts == 0:
             view.logits = None
         try:
