@@ -55,7 +55,7 @@ def test_edit_then_generate(folders, tmp_path, capsys):
     edit = load_edit(out)
     assert edit.method == "rome" and edit.requests[0]["target"] == "Japan"
     args = _parse(["generate", "--model", folders["llama"], "--edit", str(out), "--prompt", "Paris is in the country of",
-                   "--prompt", "the cat", "--max-new-tokens", "4"])
+                   "--prompt", "the cat", "--max-new-tokens", "4", "--threads", "1"])  # keep the suite at 1 thread
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert text.count("unedited:") == 2 and text.count("edited:") == 4
@@ -83,3 +83,22 @@ def test_generate_refuses_other_artifacts(tmp_path):
         tmp_path / "stats.safetensors")
     with pytest.raises(ArtifactError, match="not an edit"):
         load_edit(path)
+
+
+def test_cli_module_imports_no_torch():
+    import subprocess
+    import sys
+
+    # the parser imports every family's cli module; torch comes later, with a command that needs it
+    code = ("import sys, almostlinear.editing.cli, almostlinear.editing as e; e.__all__;"
+            " sys.exit(int('torch' in sys.modules or 'scipy' in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_package_exports_the_evaluation():
+    import almostlinear.editing as editing
+    from almostlinear.editing import counterfact, eval
+
+    for name in ("counterfact_cases", "CounterfactCase", "evaluate_edits", "EditEvaluation", "CounterfactScores"):
+        assert name in editing.__all__
+        assert getattr(editing, name) is getattr(counterfact if hasattr(counterfact, name) else eval, name)

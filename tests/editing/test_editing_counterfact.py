@@ -100,7 +100,13 @@ def test_bad_inputs(tok):
 
 @pytest.mark.real
 def test_smollm2_cases(smollm2):
-    cases = counterfact_cases(smollm2.model, smollm2.tokenizer, 5, candidates=60, n_neighbours=3, seed=0)
-    assert len(cases) == 5
+    tok = smollm2.tokenizer
+    cases = counterfact_cases(smollm2.model, tok, 3, candidates=30, n_neighbours=2, seed=0)
+    assert len(cases) == 3
     for c in cases:
         assert c.target_new != c.target_true and c.neighbourhood_prompts
+        # many-to-one relation: neighbours are other cities of the same country
+        assert set(c.neighbourhood_answers) == {c.target_true} and c.subject not in c.neighbourhood_subjects
+        first = [tok(f"{c.rewrite_prompt} {t}", add_special_tokens=False)["input_ids"][len(
+            tok(c.rewrite_prompt, add_special_tokens=False)["input_ids"])] for t in (c.target_true, c.target_new)]
+        assert first[0] != first[1]

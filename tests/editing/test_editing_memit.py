@@ -131,3 +131,18 @@ def test_batched_value_optimisation_equals_one_at_a_time(tiny):
         torch.testing.assert_close(joint.delta, alone.delta, rtol=1e-4, atol=1e-5)
         assert joint.steps == alone.steps
         assert joint.nll_after == pytest.approx(alone.nll_after, rel=1e-4)
+
+
+def test_previous_edit_of_another_width_is_an_error():
+    from almostlinear.core.errors import ShapeError
+    from almostlinear.editing.multi_layer import _preserved_gram
+
+    other = LowRankEdit(layers=[0], a=torch.zeros(1, 1, 5), b=torch.zeros(1, 4, 1), keys=torch.ones(1, 1, 5),
+                        base_hashes=["x"], stats_hashes=["y"])
+    assert _preserved_gram([other], 1, 8) is None  # it did not edit layer 1
+    torch.testing.assert_close(_preserved_gram([other, other], 0, 5), 2 * torch.ones(5, 5, dtype=torch.float64))
+    with pytest.raises(ShapeError, match="another model"):
+        _preserved_gram([other], 0, 8)
+    with pytest.raises(ShapeError, match="hashes"):
+        LowRankEdit(layers=[0, 1], a=torch.zeros(2, 1, 5), b=torch.zeros(2, 4, 1), keys=torch.ones(2, 1, 5),
+                    base_hashes=["x"], stats_hashes=["y"])

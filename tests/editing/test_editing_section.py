@@ -50,6 +50,11 @@ def test_section_on_a_tiny_model():
     assert result.figures and result.figures[0].id == "edit_bleed"
 
 
+def test_section_refuses_another_layer():
+    with pytest.raises(ValueError, match="default layer"):
+        EditingSection(hparams={"layer": 1})
+
+
 def test_section_skips_encoders():
     model, tok = build_model("bert"), make_tokenizer()
     loaded = LoadedModel(model=model, tokenizer=tok, name="bert", path="bert", kind="encoder")
@@ -58,14 +63,29 @@ def test_section_skips_encoders():
     assert result.status == "skipped"
 
 
+# Well-known cities, a few per country so each has neighbours: no 60-candidate knowledge scan.
+KNOWN = [Fact(c, "city_in_country", a) for c, a in [
+    ("Paris", "France"), ("Lyon", "France"), ("Marseille", "France"), ("Berlin", "Germany"), ("Munich", "Germany"),
+    ("Hamburg", "Germany"), ("Madrid", "Spain"), ("Barcelona", "Spain"), ("Rome", "Italy"), ("Milan", "Italy"),
+    ("Tokyo", "Japan"), ("Osaka", "Japan")]]
+
+
 @pytest.mark.real
 def test_section_on_smollm2(smollm2):
-    from almostlinear.audit.sources import texts_for
+    from almostlinear.data import FALLBACK_TEXTS
 
+    # Small on purpose: one edit, 6 value steps on the bare prompt, C from the ~400 tokens of the
+    # packaged fallback texts (never the audit's generated neutral texts).
     ctx = AuditContext(smollm2, Budget.quick(), progress=lambda m: None)
-    (result,) = run_sections(ctx, [EditingSection(edits=1)], lambda source: texts_for(ctx, source))
+    section = EditingSection(edits=1, facts=KNOWN, hparams={"v_steps": 6, "n_prefixes": 0})
+    (result,) = run_sections(ctx, [section], lambda source: list(FALLBACK_TEXTS))
     assert result.status == "ok", result.notes
     assert result.metric("edits").value == 1
+    assert result.metric("edit_layer").value == 3  # 10 % of SmolLM2's 30 blocks
     assert result.metric("undo_exact").value == 1.0 and result.metric("bake_undo_exact").value == 1.0
-    assert result.metric("edit_es").value >= result.metric("unedited_es").value
-    print({m.name: m.value for m in result.metrics if m.layer is None}, result.elapsed_s)
+    # the case is a fact the model knows, so before the edit the new target loses; after, it wins
+    assert result.metric("unedited_es").value == 0.0
+    assert result.metric("edit_es").value == 100.0
+    # r-ROME: u is solved for the template-averaged key, which with the bare template only is the rewrite key
+    assert result.metric("rewrite_reach_mean").value == pytest.approx(1.0, abs=1e-4)
+    assert 0 < result.metric("key_statistics_tokens").value < 1000

@@ -14,29 +14,35 @@ Key statistics (``key_statistics``) are computed once per model and layer from t
 generates itself and cached by content; pass ``stats=`` to reuse them explicitly.
 """
 
-from .edit import LowRankEdit, RankOneEdit, weight_hash
-from .memit import alphaedit, memit
-from .predict import ShiftPrediction, predicted_shift
-from .hparams import EditHyperParams, default_layer, default_layers, hparams_for
-from .request import EditRequest, EditRequestError
-from .rome import rome
-from .stats import KeyStatistics, key_statistics
+# Names resolve on first use (PEP 562), so importing ``almostlinear.editing.cli`` to build the
+# command-line parser does not import torch through this package. No module is named like a
+# function it exports: importing the module would bind its name here and hide the function.
+_PUBLIC = {
+    "counterfact": ("CounterfactCase", "Relation", "counterfact_cases"),
+    "edit": ("LowRankEdit", "RankOneEdit", "weight_hash"),
+    "eval": ("CounterfactScores", "EditEvaluation", "evaluate_edits"),
+    "hparams": ("EditHyperParams", "default_layer", "default_layers", "hparams_for"),
+    "multi_layer": ("alphaedit", "memit"),
+    "predict": ("ShiftPrediction", "predicted_shift"),
+    "request": ("EditRequest", "EditRequestError"),
+    "rank_one": ("rome",),
+    "stats": ("KeyStatistics", "key_statistics"),
+}
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 
-__all__ = [
-    "EditHyperParams",
-    "ShiftPrediction",
-    "alphaedit",
-    "memit",
-    "predicted_shift",
-    "EditRequest",
-    "EditRequestError",
-    "KeyStatistics",
-    "LowRankEdit",
-    "RankOneEdit",
-    "default_layer",
-    "default_layers",
-    "hparams_for",
-    "key_statistics",
-    "rome",
-    "weight_hash",
-]
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))
+
+
+__all__ = sorted(_MODULE_OF)

@@ -12,9 +12,8 @@ import sys
 import warnings
 from typing import Any
 
-import torch
-
-from ..core.artifact import FingerprintWarning
+# torch and the editing maths are imported inside the commands: this module is imported whenever
+# the command-line parser is built.
 from ..core.errors import ArtifactError
 from .request import EditRequest, EditRequestError
 
@@ -53,28 +52,27 @@ def _make_edit(loaded, request: EditRequest, method: str, layer: int | None, sta
 
     overrides = {} if stats_tokens is None else {"stats_tokens": stats_tokens}
     if method == "rome":
-        from .rome import rome
+        from .rank_one import rome
 
         hp = hparams_for(loaded.model, **overrides)
         return rome(loaded.model, loaded.tokenizer, request, layer=layer, hparams=hp, progress=progress)
     if method in ("memit", "alphaedit"):
-        import importlib
+        from .multi_layer import alphaedit, memit
 
-        solve = getattr(importlib.import_module("almostlinear.editing"), method, None)
-        if solve is None:
-            raise EditRequestError(f"{method} is not available in this version of almostlinear")
+        solve = memit if method == "memit" else alphaedit
         layers = None if layer is None else [layer]
         hp = hparams_for(loaded.model, **overrides)
-        return solve(loaded.model, loaded.tokenizer, [request], layers=layers, hparams=hp,
-                              progress=progress)
+        return solve(loaded.model, loaded.tokenizer, [request], layers=layers, hparams=hp, progress=progress)
     raise EditRequestError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def _target_probability(loaded, request: EditRequest) -> float:
+    import math
+
     from .eval import target_nll
 
     nll = target_nll(loaded.model, loaded.tokenizer, [request.text], [request.target])
-    return float(torch.exp(-nll[0]))
+    return math.exp(-float(nll[0]))
 
 
 def edit_command(model: str | Any, prompt: str, subject: str, target: str, *, method: str = "rome",
@@ -103,6 +101,8 @@ def edit_command(model: str | Any, prompt: str, subject: str, target: str, *, me
 
 
 def _greedy(loaded, prompt: str, max_new_tokens: int) -> str:
+    import torch
+
     tokenizer = loaded.tokenizer
     device = next(loaded.model.parameters()).device
     ids = tokenizer(prompt, return_tensors="pt").to(device)
@@ -126,6 +126,8 @@ def load_edit(path: str):
 def generate_command(model: str | Any, edit_path: str, prompts: list[str], *, max_new_tokens: int = 30,
                      strict: bool = False, stream=None) -> list[tuple[str, str]]:
     """Greedy continuations of each prompt without and with the edit; returns ``[(without, with)]``."""
+    from ..core.artifact import FingerprintWarning
+
     stream = stream or sys.stdout
     edit = load_edit(edit_path)
     loaded = _load(model)
@@ -149,6 +151,8 @@ def generate_command(model: str | Any, edit_path: str, prompts: list[str], *, ma
 
 def _threads(value: int | None) -> None:
     import os
+
+    import torch
 
     torch.set_num_threads(value or max(1, os.cpu_count() or 1))
 
@@ -175,7 +179,7 @@ def register(sub) -> None:
     edit.add_argument("--prompt", required=True, help='the prompt with {} for the subject, e.g. "{} is located in"')
     edit.add_argument("--target", required=True, help='the new continuation, e.g. "Rome"')
     edit.add_argument("--method", choices=METHODS, default="rome")
-    edit.add_argument("--layer", type=int, default=None, help="block to edit (default: 20 %% of the depth)")
+    edit.add_argument("--layer", type=int, default=None, help="block to edit (default: 10 %% of the depth)")
     edit.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, local folder, or hub id")
     edit.add_argument("--out", default=None, help="save the edit to this .safetensors file")
     edit.add_argument("--stats-tokens", type=int, default=None,

@@ -64,6 +64,8 @@ class LowRankEdit(Artifact):
             raise ShapeError(
                 f"factors do not fit: {len(self.layers)} layers, a {tuple(self.a.shape)}, b {tuple(self.b.shape)}"
             )
+        if len(self.base_hashes) != len(self.layers):
+            raise ShapeError(f"{len(self.base_hashes)} base-weight hashes for {len(self.layers)} edited layers")
         if not (torch.isfinite(self.a).all() and torch.isfinite(self.b).all()):
             raise NonFiniteError("the edit's factors contain NaN or infinite values")
 

@@ -22,10 +22,11 @@ class EditHyperParams:
     """Everything an edit's result depends on besides the model, the request and the statistics.
 
     Value optimisation (ROME's ``compute_v``): ``v_steps`` Adam steps at ``v_lr`` on the target NLL
-    plus ``kl_factor`` × KL on ``kl_prompt`` plus ``v_weight_decay`` × ‖δ‖²/‖v‖², the offset ``δ``
-    kept within ``clamp_norm_factor`` × ‖v‖ (``v`` = the unedited output there); stops early once
-    the target's NLL is below ``early_stop_loss``. Keys and values are averaged over the bare prompt and generated prefixes
-    (``n_prefixes`` of each length in ``prefix_lengths``).
+    plus ``kl_factor`` × KL on ``kl_prompt`` plus ``v_weight_decay`` × ‖δ‖/‖v‖² (the form of ROME's
+    released code), the offset ``δ`` kept within ``clamp_norm_factor`` × ‖v‖ (``v`` = the unedited
+    output there); stops early once the target's NLL is below ``early_stop_loss``. Keys and values
+    are averaged over the bare prompt and generated prefixes (``n_prefixes`` of each length in
+    ``prefix_lengths``).
     """
 
     layer: int | None = None

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..core.artifact import Provenance
-from ..core.errors import EmptyDataError
+from ..core.errors import EmptyDataError, ShapeError
 from ..core.locate import linear_weight, locate
 from ..core.models import fingerprint as model_fingerprint
 from ..core.sites import Site
@@ -24,7 +24,7 @@ from .identity import base_fingerprint
 from .edit import LowRankEdit, weight_hash
 from .hparams import EditHyperParams, hparams_for
 from .request import EditRequest, EditRequestError
-from .rome import _request_dict
+from .rank_one import _request_dict
 from .solvers import alphaedit_update, memit_update, null_space
 from .stats import KeyStatistics, key_statistics
 from .subject import read_at_subject
@@ -45,12 +45,16 @@ def _stats_for(model, tokenizer, layers, stats, hp, progress) -> dict[int, KeySt
 
 
 def _preserved_gram(previous: Sequence[LowRankEdit], layer: int, dim: int) -> torch.Tensor | None:
+    """``Σ k kᵀ`` of the keys earlier edits wrote at ``layer`` (None if none edited it)."""
     gram = None
     for edit in previous:
         if layer in edit.layers:
             keys = edit.keys[edit.layers.index(layer)].double()
+            if keys.shape[-1] != dim:
+                raise ShapeError(f"a previous {edit.method} edit has {keys.shape[-1]}-wide keys at layer {layer}, "
+                                 f"this layer's are {dim}: it belongs to another model")
             gram = keys.T @ keys if gram is None else gram + keys.T @ keys
-    return gram if gram is None or gram.shape[0] == dim else None
+    return gram
 
 
 def _batch_edit(model: nn.Module, tokenizer, requests: Sequence[EditRequest], *, layers, stats, hparams,
