@@ -172,6 +172,12 @@ def counterfact_cases(
 
     context = spec.prompts[0].format(known[0].subject)
     first = {a: _first_piece(tokenizer, context, a) for a in sorted({f.answer for f in pool})}
+    # An answer the tokenizer only knows as its unknown token cannot be told from another one.
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    pool = [f for f in pool if first[f.answer] != unknown]
+    known = [f for f in known if first[f.answer] != unknown]
+    if not known or len({f.answer for f in pool}) < 2:
+        raise EmptyDataError("the tokenizer encodes too few of the answers as anything but its unknown token")
     counts: dict[str, int] = {}
     for f in pool:
         counts[f.answer] = counts.get(f.answer, 0) + 1
