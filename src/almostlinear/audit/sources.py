@@ -22,7 +22,7 @@ def texts_for(ctx: AuditContext, source: str) -> list[str]:
 def _neutral(ctx: AuditContext) -> list[str]:
     if not ctx.causal:
         return list(data.FALLBACK_TEXTS)
-    ctx.progress(f"sampling {ctx.budget.neutral_texts} neutral texts from the model (cached after the first run)")
+    ctx.progress(f"{ctx.budget.neutral_texts} neutral texts: read from the cache, or sampled from the model once")
     return data.neutral_texts(ctx.loaded.model, ctx.loaded.tokenizer, ctx.budget.neutral_texts,
                               max_new_tokens=ctx.budget.neutral_new_tokens, seed=ctx.seed,
                               cache_key=ctx.loaded.fingerprint)
