@@ -238,3 +238,32 @@ def test_load_works_when_a_family_package_is_absent(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "almostlinear.probes", None)  # makes its import fail
     assert load_artifact(path).label == "honesty"
     assert "test-vector" in registered_kinds()
+
+
+def test_every_family_kind_is_known_to_a_fresh_process():
+    import subprocess
+    import sys
+
+    code = (
+        "from almostlinear.core.artifact import registered_kinds\n"
+        "kinds = set(registered_kinds())\n"
+        "expected = {'linear-probe', 'truth-direction', 'affine-lens', 'tuned-lens', 'steering-vector',\n"
+        "            'directional-ablation', 'leace-eraser', 'editing.key_statistics', 'editing.low_rank',\n"
+        "            'editing.rank_one', 'task_vector', 'permutation', 'latent-direction', 'linear-map', 'sae'}\n"
+        "assert expected <= kinds, sorted(expected - kinds)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_steering_vector_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    from almostlinear.steering import SteeringVector
+
+    vector = SteeringVector.from_direction(torch.ones(8), site="resid_post", layer=1, method="mean_diff",
+                                           norms={"residual_median": 2.0})
+    path = vector.save(tmp_path / "v.safetensors")
+    code = (f"import almostlinear as al\nv = al.load_artifact({str(path)!r})\n"
+            "assert type(v).__name__ == 'SteeringVector', type(v)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -198,28 +198,27 @@ def load(path: str | os.PathLike) -> Artifact:
         raise ArtifactError(f"{path} does not match {cls.__name__}: {error}") from error
 
 
-def registered_kinds() -> dict[str, type[Artifact]]:
+def registered_kinds() -> dict[str, Any]:
+    """Every artifact kind :func:`load` can rebuild, with its class."""
     _import_families()
-    return dict(_REGISTRY)
+    return {**_REGISTRY, **_FILE_KINDS}
 
 
-# Every package that defines artifact kinds; a family not present yet is skipped.
-FAMILIES = (
-    "almostlinear.probes", "almostlinear.truth", "almostlinear.lens", "almostlinear.steering",
-    "almostlinear.erasure", "almostlinear.editing", "almostlinear.merging", "almostlinear.adapters",
-    "almostlinear.connectivity", "almostlinear.averaging", "almostlinear.latent", "almostlinear.translate",
-    "almostlinear.sae",
+# Every module that defines an artifact kind. Family packages load their names lazily, so importing
+# a package alone would not register its kinds: name the defining modules themselves.
+ARTIFACT_MODULES = (
+    "almostlinear.probes.linear", "almostlinear.truth.direction", "almostlinear.lens.affine",
+    "almostlinear.lens.tuned", "almostlinear.steering.vector", "almostlinear.steering.ablation",
+    "almostlinear.erasure.eraser", "almostlinear.editing.stats", "almostlinear.editing.edit",
+    "almostlinear.merging.task_vectors", "almostlinear.connectivity.permutation",
+    "almostlinear.latent.directions", "almostlinear.translate.artifact", "almostlinear.sae.artifact",
 )
 
 
 def _import_families() -> None:
-    # Artifact classes register when their module is imported; import the families lazily here
-    # so that loading a file works without the caller importing the right package first.
+    # Artifact classes register when their module is imported; import them here so that loading a
+    # file works without the caller importing the right family first.
     import importlib
 
-    for name in FAMILIES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:  # the family exists but one of its imports is broken: say so
-                raise
+    for name in ARTIFACT_MODULES:
+        importlib.import_module(name)
