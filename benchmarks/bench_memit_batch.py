@@ -4,7 +4,7 @@ Cases are facts the model knows (city → country), as in the editing evaluation
 come from the audit's cached neutral texts (``--stats-texts``), so this measures the batch edit
 itself. Scores (×100) are taken before the edit and with the edit applied; the model is restored.
 
-    python benchmarks/bench_memit_batch.py --edits 100 --threads 2
+    python benchmarks/bench_memit_batch.py --edits 100 --threads 2 [--n-prefixes 1 --v-steps 12]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def main() -> int:
     ap.add_argument("--candidates", type=int, default=1000)
     ap.add_argument("--neighbours", type=int, default=2)
     ap.add_argument("--stats-texts", type=int, default=48)
+    ap.add_argument("--n-prefixes", type=int, default=None, help="generated prefixes per length (default: hparams_for)")
+    ap.add_argument("--v-steps", type=int, default=None, help="value optimisation steps (default: hparams_for)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "memit_batch.json"))
     args = ap.parse_args()
@@ -32,7 +34,7 @@ def main() -> int:
 
     import almostlinear
     from almostlinear.data import neutral_texts
-    from almostlinear.editing import default_layers, key_statistics, memit
+    from almostlinear.editing import default_layers, hparams_for, key_statistics, memit
     from almostlinear.editing.counterfact import counterfact_cases
     from almostlinear.editing.eval import score_cases, summarize
 
@@ -49,12 +51,14 @@ def main() -> int:
     t_stats = time.perf_counter() - began
     before = summarize(score_cases(model, tokenizer, cases))
     began = time.perf_counter()
-    edit = memit(model, tokenizer, [c.request for c in cases], layers=layers, stats=stats, progress=True)
+    overrides = {k: v for k, v in (("n_prefixes", args.n_prefixes), ("v_steps", args.v_steps)) if v is not None}
+    hp = hparams_for(model, **overrides)
+    edit = memit(model, tokenizer, [c.request for c in cases], layers=layers, stats=stats, hparams=hp, progress=True)
     t_edit = time.perf_counter() - began
     with edit.apply(model):
         after = summarize(score_cases(model, tokenizer, cases))
     result = {"machine": machine_info("cpu"), "threads": threads, "args": vars(args), "edits": len(cases),
-              "layers": layers, "seconds": {"cases": t_cases, "statistics": t_stats, "memit": t_edit},
+              "layers": layers, "hparams": hp.to_dict(), "seconds": {"cases": t_cases, "statistics": t_stats, "memit": t_edit},
               "stats_tokens": {str(k): v.n_tokens for k, v in stats.items()},
               "before": before.__dict__, "after": after.__dict__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -120,3 +120,16 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     core.decoder = decoders.WordPiece()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
                                    unk_token="<unk>")
+
+
+# Plain English sentences for real-model tests that need a few neutral texts without sampling any.
+ENGLISH_TEXTS = (
+    "The weather today is mild, with a light breeze from the west and some clouds later in the day.",
+    "She opened the book and began to read the first chapter slowly, taking notes as she went.",
+    "In the small town, the market opens early on Saturdays and closes by noon.",
+    "Water boils at a lower temperature at high altitude because the air pressure is lower.",
+    "The train left the station a few minutes late, but it still arrived on time.",
+    "Most plants need sunlight, water and nutrients from the soil to grow well.",
+    "He fixed the old bicycle in the garage and rode it to work the next morning.",
+    "The museum shows paintings from several centuries, arranged by country and period.",
+)

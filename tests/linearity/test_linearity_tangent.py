@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import TEXTS, WORDS, build_model, make_tokenizer
+from tiny_models import ENGLISH_TEXTS, TEXTS, WORDS, build_model, make_tokenizer
 
 from almostlinear.audit.plan import AuditContext, Budget, run_sections
 from almostlinear.core.collect import tokenize
@@ -167,16 +167,7 @@ def test_tangent_section_on_a_tiny_model():
 
 @pytest.mark.real
 def test_tangent_section_on_smollm2(smollm2):
-    texts = [
-        "The weather today is mild, with a light breeze from the west and some clouds later in the day.",
-        "She opened the book and began to read the first chapter slowly, taking notes as she went.",
-        "In the small town, the market opens early on Saturdays and closes by noon.",
-        "Water boils at a lower temperature at high altitude because the air pressure is lower.",
-        "The train left the station a few minutes late, but it still arrived on time.",
-        "Most plants need sunlight, water and nutrients from the soil to grow well.",
-        "He fixed the old bicycle in the garage and rode it to work the next morning.",
-        "The museum shows paintings from several centuries, arranged by country and period.",
-    ]
+    texts = list(ENGLISH_TEXTS)
     budget = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40)
     ctx = AuditContext(smollm2, budget, progress=lambda _: None, sources={"neutral": texts})
     (result,) = run_sections(ctx, [TangentSection()], lambda source: ctx.sources[source])

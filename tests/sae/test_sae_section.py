@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import WORDS, build_model, make_tokenizer
+from tiny_models import ENGLISH_TEXTS, WORDS, build_model, make_tokenizer
 
 from almostlinear.audit.plan import AuditContext, Budget, run_sections
 from almostlinear.core.models import LoadedModel
@@ -32,16 +32,7 @@ def test_sae_section_on_a_tiny_model():
 
 @pytest.mark.real
 def test_sae_section_on_smollm2(smollm2):
-    texts = [
-        "The weather today is mild, with a light breeze from the west and some clouds later in the day.",
-        "She opened the book and began to read the first chapter slowly, taking notes as she went.",
-        "In the small town, the market opens early on Saturdays and closes by noon.",
-        "Water boils at a lower temperature at high altitude because the air pressure is lower.",
-        "The train left the station a few minutes late, but it still arrived on time.",
-        "Most plants need sunlight, water and nutrients from the soil to grow well.",
-        "He fixed the old bicycle in the garage and rode it to work the next morning.",
-        "The museum shows paintings from several centuries, arranged by country and period.",
-    ]
+    texts = list(ENGLISH_TEXTS)
     ctx = AuditContext(smollm2, SMALL, progress=lambda _: None, sources={"neutral": texts})
     (result,) = run_sections(ctx, [SaeSection()], lambda source: ctx.sources[source])
     assert result.status == "ok", result.notes
