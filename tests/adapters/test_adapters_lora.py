@@ -10,7 +10,7 @@ import torch
 from tiny_models import build_model
 
 from almostlinear import adapters as ad
-from almostlinear.core.errors import ArtifactError
+from almostlinear.core.errors import ArtifactError, NonFiniteError
 
 peft = pytest.importorskip("peft")
 
@@ -123,6 +123,8 @@ def test_apply_restores_and_bake_merges(base, folders):
         with pytest.raises(ValueError):
             with adapter.apply(model, scale=3.0):
                 raise ValueError
+    with pytest.raises(NonFiniteError):
+        adapter.bake_(model, scale=float("nan"))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     adapter.bake_(model)

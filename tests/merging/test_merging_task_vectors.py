@@ -108,3 +108,19 @@ def test_generic_artifact_loader_reads_a_task_vector(tmp_path):
     loaded = load_artifact(tv.save(tmp_path / "tv.safetensors"))
     assert isinstance(loaded, TaskVector)
     assert torch.equal(loaded.deltas["w"], tv.deltas["w"])
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf")])
+def test_a_non_finite_scale_is_refused_and_leaves_the_model_as_it_was(scale):
+    from almostlinear.core.errors import NonFiniteError
+
+    model = build_model("llama")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    tv = TaskVector.from_state_dicts(base, {k: v + 1 for k, v in base.items()})
+    with pytest.raises(NonFiniteError):
+        tv.apply_to(base, scale)
+    with pytest.raises(NonFiniteError), tv.apply(model, scale):
+        pass
+    with pytest.raises(NonFiniteError):
+        tv.bake_(model, scale)
+    assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..core.errors import AlmostLinearError, ArtifactError, ShapeError
+from ..core.errors import AlmostLinearError, ArtifactError, ShapeError, finite_scale
 
 Tensor = torch.Tensor
 CONFIG_NAME = "adapter_config.json"
@@ -112,6 +112,7 @@ class LoraAdapter:
         return model
 
     def _add_(self, weights: Mapping[str, Tensor], scale: float) -> None:
+        scale = finite_scale(scale)
         with torch.no_grad():
             for k, w in weights.items():
                 d = self.modules[k].weight_delta()

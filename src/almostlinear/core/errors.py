@@ -41,3 +41,11 @@ class NonFiniteError(AlmostLinearError, FloatingPointError):
 
 class ArtifactError(AlmostLinearError):
     """A saved artifact that is malformed, of another kind, or made for another model."""
+
+
+def finite_scale(value: float, what: str = "scale") -> float:
+    """``value`` as a float, or a :class:`NonFiniteError` when it is NaN or infinite."""
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise NonFiniteError(f"the {what} is {number}; it must be a finite number")
+    return number

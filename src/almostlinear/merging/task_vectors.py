@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 
 from ..core.artifact import Provenance, read_header, register_file_kind, write_file
-from ..core.errors import ArtifactError, EmptyDataError, ShapeError
+from ..core.errors import ArtifactError, EmptyDataError, ShapeError, finite_scale
 from .methods import trim_magnitude
 
 Tensor = torch.Tensor
@@ -122,6 +122,7 @@ class TaskVector:
     # ---- use ---------------------------------------------------------------------------
     def apply_to(self, base: Mapping[str, Tensor], scale: float = 1.0) -> dict[str, Tensor]:
         """A new state dict: base + scale·τ (tensors τ does not cover are copied)."""
+        scale = finite_scale(scale)
         missing = [k for k in self.deltas if k not in base]
         if missing:
             raise ShapeError(f"the base state dict lacks tensor {missing[0]!r}")
@@ -166,6 +167,7 @@ class TaskVector:
         return model
 
     def _add_(self, params: Mapping[str, Tensor], scale: float) -> None:
+        scale = finite_scale(scale)
         with torch.no_grad():
             seen: set[int] = set()
             for k, p in params.items():
