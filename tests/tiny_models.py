@@ -133,3 +133,21 @@ ENGLISH_TEXTS = (
     "He fixed the old bicycle in the garage and rode it to work the next morning.",
     "The museum shows paintings from several centuries, arranged by country and period.",
 )
+
+
+# Places whose words the tiny tokenizer knows, for true/false statements in section tests.
+PLACES = (("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Tokyo", "Japan"))
+
+
+def toy_statements(copies: int = 4) -> list:
+    """A true and a false "the city X is in Y ." statement per place and copy; every copy has its own
+    subject so that splits grouped by subject have many groups."""
+    from almostlinear.data import Statement
+
+    out = []
+    for i, (city, country) in enumerate(PLACES * copies):
+        wrong = PLACES[(i + 1) % len(PLACES)][1]
+        subject = f"{city}{i}"
+        out.append(Statement(f"the city {city} is in {country} .", True, subject, country, country))
+        out.append(Statement(f"the city {city} is in {wrong} .", False, subject, wrong, country))
+    return out

@@ -9,22 +9,10 @@ from almostlinear.audit.schema import SCHEMA_VERSION
 from almostlinear.cli import main
 from almostlinear.core.errors import NonFiniteError
 from almostlinear.core.models import LoadedModel
-from almostlinear.data import Statement
-from tiny_models import TEXTS, build_model, make_tokenizer
+from tiny_models import TEXTS, build_model, make_tokenizer, toy_statements
 
 BUDGET = Budget(neutral_texts=24, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40,
                 batch_size=4)
-PLACES = [("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Tokyo", "Japan")]
-
-
-def _statements():
-    out = []
-    for i, (city, country) in enumerate(PLACES * 4):
-        wrong = PLACES[(i + 1) % len(PLACES)][1]
-        subject = f"{city}{i}"  # distinct subjects so the split has many groups
-        out.append(Statement(f"the city {city} is in {country} .", True, subject, country, country))
-        out.append(Statement(f"the city {city} is in {wrong} .", False, subject, wrong, country))
-    return out
 
 
 def _loaded(family="llama"):
@@ -33,7 +21,7 @@ def _loaded(family="llama"):
 
 
 def _texts():
-    return {"neutral": list(TEXTS) * 4, "cities": _statements()}
+    return {"neutral": list(TEXTS) * 4, "cities": toy_statements(4)}
 
 
 def _check_schema(report: dict) -> None:

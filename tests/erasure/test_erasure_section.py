@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import TEXTS, build_model, make_tokenizer
+from tiny_models import TEXTS, build_model, make_tokenizer, toy_statements
 
 from almostlinear.audit.plan import AuditContext, Budget, run_sections
 from almostlinear.core.models import LoadedModel
-from almostlinear.data import FALLBACK_TEXTS, Statement, city_statements
+from almostlinear.data import FALLBACK_TEXTS, city_statements
 from almostlinear.erasure.section import ErasureSection
 
-PLACES = [("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Tokyo", "Japan")]
 BUDGET = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=60, fact_candidates=40)
-
-
-def _statements(copies=10):
-    out = []
-    for i, (city, country) in enumerate(PLACES * copies):
-        wrong = PLACES[(i + 1) % len(PLACES)][1]
-        subject = f"{city}{i}"
-        out.append(Statement(f"the city {city} is in {country} .", True, subject, country, country))
-        out.append(Statement(f"the city {city} is in {wrong} .", False, subject, wrong, country))
-    return out
 
 
 def _texts_for(ctx):
@@ -31,7 +20,7 @@ def _texts_for(ctx):
 def test_section_on_tiny_model():
     loaded = LoadedModel(build_model("llama"), make_tokenizer(), "tiny-llama", "memory", "causal-lm")
     ctx = AuditContext(loaded, BUDGET, progress=lambda _: None,
-                       sources={"cities": _statements(), "neutral": list(TEXTS)})
+                       sources={"cities": toy_statements(10), "neutral": list(TEXTS)})
     (result,) = run_sections(ctx, [ErasureSection()], _texts_for(ctx))
     assert result.status == "ok", result.notes
     chance = result.metric("erasure_chance_accuracy").value

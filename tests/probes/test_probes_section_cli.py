@@ -8,24 +8,12 @@ import torch
 from almostlinear.audit.plan import AuditContext, Budget, run_sections
 from almostlinear.core.artifact import load
 from almostlinear.core.models import LoadedModel
-from almostlinear.data import Statement
 from almostlinear.probes import LinearProbe, cli
 from almostlinear.probes.section import TruthProbes
-from tiny_models import build_model, make_tokenizer
+from tiny_models import build_model, make_tokenizer, toy_statements
 
-PLACES = [("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Tokyo", "Japan")]
 BUDGET = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=60, fact_candidates=40,
                 batch_size=8)
-
-
-def _statements(copies=6):
-    out = []
-    for i, (city, country) in enumerate(PLACES * copies):
-        wrong = PLACES[(i + 1) % len(PLACES)][1]
-        subject = f"{city}{i}"
-        out.append(Statement(f"the city {city} is in {country} .", True, subject, country, country))
-        out.append(Statement(f"the city {city} is in {wrong} .", False, subject, wrong, country))
-    return out
 
 
 def _loaded():
@@ -33,7 +21,7 @@ def _loaded():
 
 
 def test_truth_section_reports_selectivity_and_mlp_gap():
-    statements = _statements()
+    statements = toy_statements(6)
     ctx = AuditContext(_loaded(), BUDGET, progress=lambda _: None, sources={"cities": statements})
     (result,) = run_sections(ctx, [TruthProbes()], lambda source: [s.text for s in ctx.sources[source]])
     assert result.status == "ok", result.notes
@@ -50,7 +38,7 @@ def test_truth_section_reports_selectivity_and_mlp_gap():
 
 
 def test_probe_command_prints_a_table_and_saves_the_best_probe(tmp_path, monkeypatch):
-    statements = _statements()
+    statements = toy_statements(6)
     monkeypatch.setattr(cli, "_statements", lambda *args, **kwargs: statements)
     printed = io.StringIO()
     out = tmp_path / "probe.safetensors"

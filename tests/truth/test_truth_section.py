@@ -2,24 +2,12 @@ import math
 
 from almostlinear.audit.plan import AuditContext, Budget, run_sections
 from almostlinear.core.models import LoadedModel
-from almostlinear.data import Statement
 from almostlinear.truth import TruthDirection, cities_contrast_source, contrast_prompts, fit_contrast_pca
 from almostlinear.truth.distractor import ALL_METHODS
 from almostlinear.truth.section import SOURCE_NAME, TruthDirectionsSection
-from tiny_models import build_model, make_tokenizer
+from tiny_models import build_model, make_tokenizer, toy_statements
 
 BUDGET = Budget(neutral_texts=4, neutral_new_tokens=4, lens_tokens=8, statements=40, fact_candidates=8, batch_size=8)
-PLACES = [("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Tokyo", "Japan")]
-
-
-def _statements():
-    out = []
-    for i, (city, country) in enumerate(PLACES * 4):
-        wrong = PLACES[(i + 1) % len(PLACES)][1]
-        subject = f"{city}{i}"
-        out.append(Statement(f"the city {city} is in {country} .", True, subject, country, country))
-        out.append(Statement(f"the city {city} is in {wrong} .", False, subject, wrong, country))
-    return out
 
 
 def _run(family="llama"):
@@ -27,7 +15,7 @@ def _run(family="llama"):
     loaded = LoadedModel(build_model(family), make_tokenizer(), f"tiny-{family}", "memory", kind)
     ctx = AuditContext(loaded, BUDGET, progress=lambda _: None)
     # The tiny tokenizer knows only a few words: a question and answers made of them.
-    prompts = contrast_prompts(_statements(), question="{statement} ? {answer}", answers=("one", "two"),
+    prompts = contrast_prompts(toy_statements(4), question="{statement} ? {answer}", answers=("one", "two"),
                                words=("cat", "dog"))
     ctx.sources[SOURCE_NAME] = prompts
 
@@ -62,7 +50,7 @@ def test_section_runs_on_a_tiny_llama_and_reports_every_method_per_layer():
 
 def test_source_builder_takes_a_third_of_the_budget_in_whole_subjects_and_the_section_survives_unknown_words():
     loaded = LoadedModel(build_model("llama"), make_tokenizer(), "tiny-llama", "memory", "causal-lm")
-    ctx = AuditContext(loaded, BUDGET, progress=lambda _: None, sources={"cities": _statements()})
+    ctx = AuditContext(loaded, BUDGET, progress=lambda _: None, sources={"cities": toy_statements(4)})
     prompts = cities_contrast_source(ctx)
     clean = [p for p in prompts if p.variant == "clean"]
     taken = BUDGET.statements // 3
@@ -89,7 +77,7 @@ def test_a_direction_fitted_on_real_model_activations_round_trips(tmp_path):
     from almostlinear.core.collect import collect
 
     loaded = LoadedModel(build_model("llama"), make_tokenizer(), "tiny-llama", "memory", "causal-lm")
-    prompts = contrast_prompts(_statements()[:8], question="{statement} ? {answer}", answers=("one", "two"))
+    prompts = contrast_prompts(toy_statements(4)[:8], question="{statement} ? {answer}", answers=("one", "two"))
     clean = [p for p in prompts if p.variant == "clean"]
     acts = collect(loaded.model, loaded.tokenizer, [p.text for p in clean], ["resid_post.1"], positions="last")
     x = acts["resid_post.1"]
