@@ -1,7 +1,8 @@
 import torch
 
-from almostlinear.audit.plan import AuditContext, Budget, Need, Section, run_sections
-from almostlinear.audit.schema import SectionResult
+from almostlinear.core.section import AuditContext, Budget, Need, Section
+from almostlinear.audit.plan import run_sections
+from almostlinear.core.report import SectionResult
 from almostlinear.core.models import LoadedModel
 from almostlinear.core.sites import Site
 from tiny_models import TEXTS, build_model, make_tokenizer

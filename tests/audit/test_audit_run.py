@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from almostlinear.audit import Budget, run_audit
-from almostlinear.audit.schema import SCHEMA_VERSION
+from almostlinear.core.report import SCHEMA_VERSION
 from almostlinear.cli import main
 from almostlinear.core.errors import NonFiniteError
 from almostlinear.core.models import LoadedModel

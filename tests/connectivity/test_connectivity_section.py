@@ -6,7 +6,8 @@ import pytest
 import torch
 from tiny_models import WORDS, build_model, make_tokenizer
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.connectivity.section import WeightSpaceSection
 from almostlinear.core.models import LoadedModel
 

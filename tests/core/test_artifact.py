@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from almostlinear import Artifact, Provenance, load_artifact
 from almostlinear.core import artifact as artifact_module
-from almostlinear.core.artifact import FingerprintWarning, read_header, registered_kinds
+from almostlinear.core.artifact import FingerprintWarning, read_header, registered_kinds, Where
 from almostlinear.core.errors import ArtifactError
 
 
@@ -45,7 +45,7 @@ class Unsaveable(Artifact):
     thing: object = None
 
 
-PROVENANCE = Provenance(model_fingerprint="sha256:0123456789abcdef", site="resid_post.3", layer=3,
+PROVENANCE = Provenance(model_fingerprint="sha256:0123456789abcdef", where=Where.at("resid_post.3", 3),
                         method="mean-difference", data_hash="abc", units="resid-norm",
                         extra={"n": 12, "texts": ["a", "b"]})
 
@@ -102,7 +102,7 @@ def test_header(tmp_path):
     assert header["format_version"] == artifact_module.FORMAT_VERSION
     assert header["fields"] == {"label": "honesty", "scale": 2.5, "tags": ["x", 1, None]}
     assert header["provenance"]["model_fingerprint"] == "sha256:0123456789abcdef"
-    assert header["provenance"]["site"] == "resid_post.3"
+    assert header["provenance"]["where"] == {"site": "resid_post", "layers": [3], "positions": "all"}
     assert header["provenance"]["library_version"]
     assert "vector" not in header["fields"]  # tensors live in the tensor section
 
@@ -220,7 +220,7 @@ def test_artifacts_are_frozen():
     with pytest.raises(AttributeError):
         art.label = "other"
     with pytest.raises(AttributeError):
-        art.provenance.site = "other"
+        art.provenance.method = "other"
 
 
 def test_provenance_records_library_version():

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from almostlinear.core.errors import AlmostLinearError, EmptyDataError
+from almostlinear.core.digest import data_hash
 from almostlinear.data import (
     Fact,
     Statement,
@@ -17,7 +18,6 @@ from almostlinear.data import (
     city_statements,
     contrast_pairs,
     country_capital_facts,
-    data_hash,
     split,
     with_article,
 )
@@ -177,12 +177,12 @@ def test_split_property(subjects, fraction, seed):
 def test_data_hash():
     sts = city_statements(20, seed=0)
     h = data_hash(sts)
-    assert re.fullmatch(r"[0-9a-f]{16}", h)
+    assert re.fullmatch(r"sha256:[0-9a-f]{16}", h)
     assert data_hash(list(sts)) == h and data_hash(city_statements(20, seed=0)) == h
     flipped = dataclasses.replace(sts[0], label=not sts[0].label)
     assert data_hash([flipped, *sts[1:]]) != h
     assert data_hash(sts[::-1]) != h
-    assert re.fullmatch(r"[0-9a-f]{16}", data_hash(contrast_pairs(sts)))
+    assert re.fullmatch(r"sha256:[0-9a-f]{16}", data_hash(contrast_pairs(sts)))
     assert data_hash(["a", 1]) == data_hash(("a", 1))
     with pytest.raises(TypeError):
         data_hash([object()])

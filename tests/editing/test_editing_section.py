@@ -6,7 +6,8 @@ import pytest
 import scipy.stats
 from tiny_models import TEXTS, build_model, make_tokenizer
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
 from almostlinear.data.facts import Fact
 from almostlinear.editing.counterfact import Relation

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from tiny_models import TEXTS, build_model, make_tokenizer, toy_statements
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
 from almostlinear.data import FALLBACK_TEXTS, city_statements
 from almostlinear.erasure.section import ErasureSection

@@ -6,7 +6,8 @@ import io
 import pytest
 from tiny_models import build_model, make_tokenizer
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.artifact import load
 from almostlinear.core.errors import ShapeError
 from almostlinear.core.models import LoadedModel

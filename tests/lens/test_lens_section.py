@@ -2,7 +2,8 @@ import pytest
 import torch
 from tiny_models import WORDS, build_model, make_tokenizer
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
 from almostlinear.lens import section as lens_section
 from almostlinear.lens.section import LogitLensSection

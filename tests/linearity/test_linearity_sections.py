@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
 from almostlinear.linearity.blocks_section import BlockLinearitySection
 from almostlinear.linearity.causal_section import CausalInnerProductSection

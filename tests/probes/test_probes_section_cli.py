@@ -5,7 +5,8 @@ import io
 import pytest
 import torch
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.artifact import load
 from almostlinear.core.models import LoadedModel
 from almostlinear.probes import LinearProbe, cli
@@ -52,7 +53,7 @@ def test_probe_command_prints_a_table_and_saves_the_best_probe(tmp_path, monkeyp
     assert isinstance(probe, LinearProbe)
     assert probe.provenance.layer == table.best_layer and probe.provenance.site == "resid_post"
     assert probe.provenance.model_fingerprint == loaded.fingerprint
-    assert probe.provenance.method == "logistic" and len(probe.provenance.data_hash) == 16
+    assert probe.provenance.method == "logistic" and len(probe.provenance.data_hash) == len("sha256:") + 16
     assert torch.isfinite(probe.as_direction()).all()
 
 

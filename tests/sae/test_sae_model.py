@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny_models import TEXTS, WORDS, build_model, make_tokenizer
 
-from almostlinear.core.artifact import load as load_artifact
+from almostlinear.core.artifact import load as load_artifact, Where
 from almostlinear.core.collect import collect
 from almostlinear.core.errors import ShapeError
 from almostlinear.core.hooks import add
@@ -27,7 +27,7 @@ def _identity_sae(d: int, site: str) -> SparseAutoencoder:
     return SparseAutoencoder(W_enc=torch.cat([eye, -eye], 1), b_enc=torch.zeros(2 * d),
                              W_dec=torch.cat([eye, -eye], 0), b_dec=torch.zeros(d),
                              latent_mean=torch.ones(2 * d), latent_frequency=torch.full((2 * d,), 0.5),
-                             activation="relu", provenance=Provenance(site=site))
+                             activation="relu", provenance=Provenance(where=Where.at(site)))
 
 
 def _reference_ce(model, tokenizer, texts, hook=None, block=None):

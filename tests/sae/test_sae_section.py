@@ -4,7 +4,8 @@ import pytest
 import torch
 from tiny_models import ENGLISH_TEXTS, WORDS, build_model, make_tokenizer
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
 from almostlinear.sae.section import SaeSection
 

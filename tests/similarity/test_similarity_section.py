@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
-from almostlinear.audit.schema import to_json
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
+from almostlinear.core.report import to_json
 from almostlinear.core.collect import collect
 from almostlinear.core.models import LoadedModel
 from almostlinear.core.sites import Site

@@ -7,7 +7,8 @@ import pytest
 import scipy.stats
 import torch
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
 from almostlinear.spectra.section import SpectraSection
 from tiny_models import build_model, make_tokenizer

@@ -2,7 +2,8 @@
 
 import pytest
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
 from almostlinear.steering.section import CAA_R2, SteeringSection
 from tiny_models import TEXTS, build_model, make_tokenizer

@@ -7,7 +7,8 @@ import pytest
 import torch
 from tiny_models import TEXTS, build_model, make_tokenizer
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.artifact import load
 from almostlinear.core.models import LoadedModel
 from almostlinear.translate import MapArtifact, cli

@@ -3,7 +3,8 @@
 import pytest
 
 from almostlinear import data
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.translate import Network, fit_stitch, stitched_loss
 from almostlinear.translate.section import CrossModelMaps
 

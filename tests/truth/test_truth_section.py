@@ -1,8 +1,10 @@
 import math
 
-from almostlinear.audit.plan import AuditContext, Budget, run_sections
+from almostlinear.core.section import AuditContext, Budget
+from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
-from almostlinear.truth import TruthDirection, cities_contrast_source, contrast_prompts, fit_contrast_pca
+from almostlinear.audit.sources import build_source
+from almostlinear.truth import TruthDirection, contrast_prompts, fit_contrast_pca
 from almostlinear.truth.distractor import ALL_METHODS
 from almostlinear.truth.section import SOURCE_NAME, TruthDirectionsSection
 from tiny_models import build_model, make_tokenizer, toy_statements
@@ -51,7 +53,7 @@ def test_section_runs_on_a_tiny_llama_and_reports_every_method_per_layer():
 def test_source_builder_takes_a_third_of_the_budget_in_whole_subjects_and_the_section_survives_unknown_words():
     loaded = LoadedModel(build_model("llama"), make_tokenizer(), "tiny-llama", "memory", "causal-lm")
     ctx = AuditContext(loaded, BUDGET, progress=lambda _: None, sources={"cities": toy_statements(4)})
-    prompts = cities_contrast_source(ctx)
+    prompts = build_source(ctx, "cities_contrast")
     clean = [p for p in prompts if p.variant == "clean"]
     taken = BUDGET.statements // 3
     taken += taken % 2  # each subject brings its true and its false statement

@@ -1,11 +1,12 @@
 """``almostlinear audit``: how linear is this network, beside what the literature reports.
 
-The registry and the runner import every family's section, and the sections import
-``audit.plan``; they are therefore loaded on first use, not when this package is imported.
+The section contract lives in :mod:`almostlinear.core.section` and :mod:`almostlinear.core.report`,
+below the families; this package is the runner, which imports every family's section, so its
+names load on first use.
 """
 
-from .plan import AuditContext, Budget, Need, Section
-from .schema import Figure, Metric, SectionResult, Series
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Budget, Need, Section
 
 _LAZY = {
     "SECTIONS": "registry", "make_sections": "registry", "section_ids": "registry",

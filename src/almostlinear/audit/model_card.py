@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .plan import AuditContext, Section
-from .schema import Metric, SectionResult
+from ..core.report import Metric, SectionResult
+from ..core.section import AuditContext, Section
 
 
 class ModelCard(Section):

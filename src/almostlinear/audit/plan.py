@@ -1,7 +1,6 @@
-"""Sections, what they need, and the single collection pass that serves them all.
+"""The single collection pass that serves every section's needs (the contract is :mod:`core.section`).
 
-A section declares :class:`Need` objects (which texts, sites, positions, whether logits) and
-receives batches through ``consume``. :func:`run_sections` groups the needs by text source and
+:func:`run_sections` groups the needs by text source and
 runs one forward pass per source over the union of the sites, so a new section reading the same
 text adds no forward pass. Logits, the costly part of a small model's forward, are computed only
 on as many texts as the sections asking for them want.
@@ -12,98 +11,13 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from ..core.collect import Batch, stream
 from ..core.hooks import Positions
-from ..core.models import LoadedModel
-from ..core.sites import Site
-from .schema import SectionResult
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much text each source gets. ``quick`` fits a few minutes on 2 CPU cores."""
-
-    neutral_texts: int
-    neutral_new_tokens: int
-    lens_tokens: int
-    statements: int
-    fact_candidates: int
-    similarity_tokens: int = 2000
-    max_length: int = 128
-    batch_size: int = 8
-
-    @classmethod
-    def quick(cls) -> Budget:
-        return cls(neutral_texts=48, neutral_new_tokens=80, lens_tokens=384, statements=240,
-                   fact_candidates=400)
-
-    @classmethod
-    def full(cls) -> Budget:
-        return cls(neutral_texts=160, neutral_new_tokens=112, lens_tokens=4096, statements=1000,
-                   fact_candidates=3000, similarity_tokens=4000, batch_size=16)
-
-
-@dataclass
-class AuditContext:
-    """Everything a section may read: the model, its structure, the settings and the text sources."""
-
-    loaded: LoadedModel
-    budget: Budget
-    seed: int = 0
-    progress: Callable[[str], None] = print
-    sources: dict[str, list] = field(default_factory=dict)
-
-    @property
-    def structure(self):
-        return self.loaded.structure
-
-    @property
-    def causal(self) -> bool:
-        return self.loaded.kind == "causal-lm" and self.loaded.structure.unembedding is not None
-
-
-@dataclass(frozen=True)
-class Need:
-    """One section's request for activations from a text source."""
-
-    source: str
-    sites: tuple[Site, ...]
-    positions: str = "all"  # "all" or "last" (the last real token of each text)
-    logits_texts: int = 0  # how many texts (from the start) need logits
-    skip_first: bool = False
-
-
-class Section:
-    """Base class of audit sections. Subclasses set ``id`` and ``title`` and override the hooks."""
-
-    id: str = ""
-    title: str = ""
-
-    def applicable(self, ctx: AuditContext) -> str | None:
-        """``None`` when the section can run on this model, else the reason it cannot."""
-        return None
-
-    def needs(self, ctx: AuditContext) -> list[Need]:
-        return []
-
-    def consume(self, source: str, batch: Batch) -> None:
-        """Receive one batch of a source this section asked for."""
-
-    def finish(self, ctx: AuditContext) -> SectionResult:
-        raise NotImplementedError
-
-
-def last_token_rows(batch: Batch) -> torch.Tensor:
-    """Indices of each text's last real token among the rows of ``batch``."""
-    keep = torch.zeros(len(batch), dtype=torch.bool)
-    for text in batch.text_index.unique():
-        rows = (batch.text_index == text).nonzero()[:, 0]
-        keep[rows[batch.position[rows].argmax()]] = True
-    return keep.nonzero()[:, 0]
+from ..core.report import SectionResult
+from ..core.section import AuditContext, Need, Section, last_token_rows
 
 
 def _subset(batch: Batch, rows: torch.Tensor, sites) -> Batch:
@@ -121,9 +35,12 @@ def _positions_for(needs: list[Need]) -> Positions:
     return "all" if any(n.positions == "all" for n in needs) else "last"
 
 
-def run_sections(ctx: AuditContext, sections: list[Section], texts_for: Callable[[str], list[str]],
-                 progress_bar=None) -> list[SectionResult]:
+def run_sections(ctx: AuditContext, sections: list[Section],
+                 texts_for: Callable[[str], list[str]] | None = None, progress_bar=None) -> list[SectionResult]:
     """Plan and run the collection passes, then let every section finish.
+
+    Sources come from ``ctx`` (its ``sources``, else its ``source_builder``); ``texts_for(source)``
+    is a builder of plain text lists for contexts that have none.
 
     A section that raises is reported with status ``failed`` and its traceback in the notes; the
     others still finish. ``progress_bar(total, description)`` returns an object with ``update``.
@@ -141,8 +58,13 @@ def run_sections(ctx: AuditContext, sections: list[Section], texts_for: Callable
         except Exception as error:  # noqa: BLE001 - one section must not sink the audit
             results[section.id] = _failed(section, error)
     failed: set[str] = set(results)
+    if ctx.source_builder is None and texts_for is not None:
+        ctx.source_builder = lambda _ctx, source: texts_for(source)
     for source, pairs in wanted.items():
-        texts = texts_for(source)
+        texts = ctx.texts(source)
+        pairs = [(section, need) for section, need in pairs if need.sites]
+        if not pairs:
+            continue  # sources asked for by name only: built, nothing to collect
         needs = [need for _, need in pairs]
         sites = sorted({s for need in needs for s in need.sites}, key=lambda s: (s.layer, s.name))
         positions = _positions_for(needs)

@@ -1,34 +1,19 @@
-"""The one place where audit sections are registered, in report order.
-
-A family adds its section by appending its class here; the planner serves every section from
-shared forward passes.
-"""
+"""The audit's sections, found through the family manifest (:mod:`almostlinear.families`), in report order."""
 
 from __future__ import annotations
 
-from ..connectivity.section import WeightSpaceSection
-from ..editing.section import EditingSection
-from ..erasure.section import ErasureSection
-from ..latent.section import LatentPaths
-from ..lens.section import LogitLensSection
-from ..linearity.blocks_section import BlockLinearitySection
-from ..linearity.causal_section import CausalInnerProductSection
-from ..linearity.section import InterLayerLinearity
-from ..linearity.tangent_section import TangentSection
-from ..probes.section import TruthProbes
-from ..sae.section import SaeSection
-from ..similarity.section import SimilaritySection
-from ..spectra.section import SpectraSection
-from ..steering.section import SteeringSection
-from ..translate.section import CrossModelMaps
-from ..truth.section import TruthDirectionsSection
-from .model_card import ModelCard
-from .plan import Section
+import importlib
 
-SECTIONS: tuple[type[Section], ...] = (
-    ModelCard, InterLayerLinearity, BlockLinearitySection, CausalInnerProductSection, LogitLensSection, TruthProbes, TruthDirectionsSection, SpectraSection,
-    SimilaritySection, SteeringSection, ErasureSection, EditingSection, SaeSection, TangentSection, WeightSpaceSection, CrossModelMaps, LatentPaths,
-)
+from ..core.errors import check_choice
+from ..core.section import Section
+from ..families import section_paths
+
+
+def _load() -> tuple[type[Section], ...]:
+    return tuple(getattr(importlib.import_module(module), name) for module, name in section_paths())
+
+
+SECTIONS: tuple[type[Section], ...] = _load()
 
 
 def section_ids() -> list[str]:
@@ -37,8 +22,6 @@ def section_ids() -> list[str]:
 
 def make_sections(only: list[str] | None = None) -> list[Section]:
     known = section_ids()
-    if only:
-        unknown = [s for s in only if s not in known]
-        if unknown:
-            raise ValueError(f"unknown audit section(s) {unknown}; the sections are {known}")
+    for section in only or ():
+        check_choice(section, known, "audit section")
     return [cls() for cls in SECTIONS if not only or cls.id in only]

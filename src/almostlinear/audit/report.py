@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .schema import Figure, Metric, SectionResult
+from ..core.report import Figure, Metric, SectionResult
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 

@@ -12,10 +12,12 @@ import torch
 
 from .. import __version__
 from ..core.models import DEFAULT_MODEL, LoadedModel, load
-from .plan import AuditContext, Budget, run_sections
+from ..core.section import AuditContext, Budget
+from .plan import run_sections
 from .registry import make_sections
 from .report import render_html, terminal_summary, write_atomically
-from .schema import SCHEMA_VERSION, SectionResult, to_json
+from ..core.report import SCHEMA_VERSION, SectionResult, to_json
+from .sources import build_source
 
 
 @dataclass
@@ -51,10 +53,9 @@ def run_audit(model: str | LoadedModel = DEFAULT_MODEL, *, out: str | Path | Non
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device on this machine")
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device, progress=progress)
     budget = budget or (Budget.quick() if quick else Budget.full())
-    ctx = AuditContext(loaded, budget, seed=seed, progress=progress, sources=dict(texts or {}))
-    from .sources import texts_for
-
-    results = run_sections(ctx, chosen, lambda source: texts_for(ctx, source), progress_bar=progress_bar)
+    ctx = AuditContext(loaded, budget, seed=seed, progress=progress, sources=dict(texts or {}),
+                       source_builder=build_source)
+    results = run_sections(ctx, chosen, progress_bar=progress_bar)
     report = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "almostlinear", "version": __version__},

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from .. import data
-from ..truth.prompts import cities_contrast_source
 from ..core.errors import EmptyDataError
-from .plan import AuditContext
+from ..core.section import AuditContext
+from ..truth.prompts import contrast_prompts, whole_subjects
+
+
+def build_source(ctx: AuditContext, source: str) -> list:
+    """The items of ``source`` (texts or statements); :meth:`AuditContext.items` keeps them."""
+    builders = {"neutral": _neutral, "cities": _cities, "cities_contrast": _cities_contrast}
+    if source not in builders:
+        raise EmptyDataError(f"unknown text source {source!r}; known: {sorted(builders)}")
+    return builders[source](ctx)
 
 
 def texts_for(ctx: AuditContext, source: str) -> list[str]:
     """The texts of ``source``, built once per audit and kept in ``ctx.sources``."""
-    if source not in ctx.sources:
-        builders = {"neutral": _neutral, "cities": _cities, "cities_contrast": cities_contrast_source}
-        if source not in builders:
-            raise EmptyDataError(f"unknown text source {source!r}; known: {sorted(builders)}")
-        ctx.sources[source] = builders[source](ctx)
-    items = ctx.sources[source]
-    return [getattr(item, "text", item) for item in items]
+    if ctx.source_builder is None:
+        ctx.source_builder = build_source
+    return ctx.texts(source)
 
 
 def _neutral(ctx: AuditContext) -> list[str]:
@@ -41,3 +45,14 @@ def _cities(ctx: AuditContext) -> list:
             f"the model knows only {len(known)} of {len(candidates)} city facts: too few for truth probes"
         )
     return data.city_statements(n, seed=ctx.seed, facts=known)
+
+
+def _cities_contrast(ctx: AuditContext) -> list:
+    """Contrast prompts from the ``"cities"`` statements, so both truth sections read the same known facts.
+
+    Each statement costs two prompts of ~14 tokens (four with the distractor), against one of ~10
+    for the truth probes, so this source takes a third of the budget's statements (80 in
+    ``--quick``: 160 clean and 80 distractor prompts) to keep its forward pass near the others'.
+    """
+    statements = whole_subjects(ctx.items("cities"), max(8, ctx.budget.statements // 3))
+    return contrast_prompts(statements, seed=ctx.seed)

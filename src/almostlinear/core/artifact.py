@@ -6,6 +6,10 @@ other field, and a :class:`Provenance` record, go into the file's JSON header un
 
 Subclasses register themselves by ``kind`` (one registry, filled by class definition), so
 :func:`load` can rebuild any artifact from its file alone.
+
+Naming rule: a kind is ``<family>.<name>`` in lower case with underscores (``steering.vector``,
+``editing.rank_one``), and its class lives in ``almostlinear/<family>/artifact.py``. Where an
+artifact acts is one :class:`Where` record in its provenance, stored once.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from safetensors.torch import save_file
 
 from .errors import ArtifactError
 
-FORMAT_VERSION = 1
+# Version 2: kinds named ``family.name``; provenance holds one ``where`` record instead of
+# ``site``/``layer``. Version 1 files are upgraded on load (:func:`_upgrade_v1`).
+FORMAT_VERSION = 2
 HEADER_KEY = "almostlinear"
 _REGISTRY: dict[str, type[Artifact]] = {}
 # Kinds whose objects hold a variable set of tensors (a task vector: one per parameter) and so are
@@ -45,12 +51,51 @@ class FingerprintWarning(UserWarning):
 
 
 @dataclass(frozen=True)
+class Where:
+    """Where a lever acts: a site (a name of :mod:`.sites`, or a weight role such as
+    ``"mlp_down_proj"``), the layers (empty: the whole model or every layer) and the positions."""
+
+    site: str | None = None
+    layers: tuple[int, ...] = ()
+    positions: str = "all"
+
+    def __post_init__(self) -> None:
+        layers = (self.layers,) if isinstance(self.layers, int) else self.layers
+        object.__setattr__(self, "layers", tuple(int(layer) for layer in layers))
+
+    @property
+    def layer(self) -> int | None:
+        """The layer when there is exactly one, else ``None``."""
+        return self.layers[0] if len(self.layers) == 1 else None
+
+    @classmethod
+    def at(cls, site: str | None, layer: int | None = None, positions: str = "all") -> Where:
+        """From a site name and a layer, or from one ``"name.layer"`` string."""
+        name, _, suffix = (site or "").partition(".")
+        if layer is None and suffix.lstrip("-").isdigit():
+            layer = int(suffix)
+        return cls(name or None, () if layer is None else (int(layer),), positions)
+
+    def __str__(self) -> str:
+        layers = ",".join(map(str, self.layers)) if self.layers else "*"
+        text = f"{self.site or 'model'}.{layers}"
+        return text if self.positions == "all" else f"{text}@{self.positions}"
+
+    @classmethod
+    def from_json(cls, value: dict | None) -> Where | None:
+        return None if value is None else cls(**value)
+
+
+@dataclass(frozen=True)
 class Provenance:
-    """What is needed to use an artifact correctly elsewhere."""
+    """What is needed to use an artifact correctly elsewhere.
+
+    ``units`` names the unit of the artifact's ``strength`` (one of :data:`core.lever.UNITS`) for
+    levers, and is ``None`` for artifacts that have no strength.
+    """
 
     model_fingerprint: str | None = None
-    site: str | None = None
-    layer: int | None = None
+    where: Where | None = None
     method: str | None = None
     data_hash: str | None = None
     units: str | None = None
@@ -58,10 +103,20 @@ class Provenance:
     library_version: str = ""
 
     def __post_init__(self) -> None:
+        if isinstance(self.where, dict):
+            object.__setattr__(self, "where", Where(**self.where))
         if not self.library_version:
             from .. import __version__
 
             object.__setattr__(self, "library_version", __version__)
+
+    @property
+    def site(self) -> str | None:
+        return self.where.site if self.where is not None else None
+
+    @property
+    def layer(self) -> int | None:
+        return self.where.layer if self.where is not None else None
 
 
 @dataclass(frozen=True)
@@ -182,6 +237,8 @@ def load(path: str | os.PathLike) -> Artifact:
             f"{path} uses artifact format {header['format_version']}; this version of almostlinear "
             f"reads up to {FORMAT_VERSION}: upgrade almostlinear"
         )
+    if header.get("format_version", 0) < 2:
+        header = _upgrade_v1(header)
     kind = header.get("kind")
     _import_families()
     if kind in _FILE_KINDS:
@@ -191,9 +248,13 @@ def load(path: str | os.PathLike) -> Artifact:
     cls = _REGISTRY[kind]
     with safe_open(str(path), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    fields = header.get("fields", {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    # Fields a class has since moved into its provenance (site, layer, positions) are dropped.
+    fields = {k: v for k, v in fields.items() if k in names or k not in ("site", "layer", "sites", "positions")}
     try:
         provenance = Provenance(**header.get("provenance", {}))
-        return cls(**tensors, **header.get("fields", {}), provenance=provenance)
+        return cls(**tensors, **fields, provenance=provenance)
     except TypeError as error:
         raise ArtifactError(f"{path} does not match {cls.__name__}: {error}") from error
 
@@ -204,21 +265,36 @@ def registered_kinds() -> dict[str, Any]:
     return {**_REGISTRY, **_FILE_KINDS}
 
 
-# Every module that defines an artifact kind. Family packages load their names lazily, so importing
-# a package alone would not register its kinds: name the defining modules themselves.
-ARTIFACT_MODULES = (
-    "almostlinear.probes.linear", "almostlinear.truth.direction", "almostlinear.lens.affine",
-    "almostlinear.lens.tuned", "almostlinear.steering.vector", "almostlinear.steering.ablation",
-    "almostlinear.erasure.eraser", "almostlinear.editing.stats", "almostlinear.editing.edit",
-    "almostlinear.merging.task_vectors", "almostlinear.connectivity.permutation",
-    "almostlinear.latent.directions", "almostlinear.translate.artifact", "almostlinear.sae.artifact",
-)
-
-
 def _import_families() -> None:
-    # Artifact classes register when their module is imported; import them here so that loading a
-    # file works without the caller importing the right family first.
+    # Artifact classes register when their module is imported; import every module the family
+    # manifest names, so that loading a file works without the caller importing its family first.
     import importlib
 
-    for name in ARTIFACT_MODULES:
+    from ..families import artifact_modules
+
+    for name in artifact_modules():
         importlib.import_module(name)
+
+
+# Kinds as version 1 files spelled them, and the names they have now.
+LEGACY_KINDS = {
+    "steering-vector": "steering.vector", "directional-ablation": "steering.ablation",
+    "leace-eraser": "erasure.leace", "task_vector": "merging.task_vector", "permutation": "connectivity.permutation",
+    "latent-direction": "latent.attribute_direction", "linear-map": "translate.linear_map", "sae": "sae.autoencoder",
+    "linear-probe": "probes.linear", "truth-direction": "truth.direction", "affine-lens": "lens.affine",
+    "tuned-lens": "lens.tuned", "key-statistics": "editing.key_statistics",
+}
+
+
+def _upgrade_v1(header: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 header in today's shape: renamed kind, ``site``/``layer`` folded into ``where``."""
+    header = dict(header)
+    header["kind"] = LEGACY_KINDS.get(header.get("kind"), header.get("kind"))
+    provenance = dict(header.get("provenance", {}))
+    site, layer = provenance.pop("site", None), provenance.pop("layer", None)
+    if site is not None or layer is not None:
+        name, _, suffix = (site or "").partition(".")
+        layers = (layer,) if layer is not None else (int(suffix),) if suffix.lstrip("-").isdigit() else ()
+        provenance["where"] = {"site": name or None, "layers": list(layers)}
+    header["provenance"] = provenance
+    return header

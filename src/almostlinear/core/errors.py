@@ -1,6 +1,12 @@
-"""Errors raised for bad input. Each message says what was wrong and what to do instead."""
+"""Errors raised for bad input. Each message says what was wrong and what to do instead.
+
+Every error a user can cause is an :class:`AlmostLinearError` (a ``ValueError``), so the command
+line's one handler prints it as a message instead of a traceback.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class AlmostLinearError(ValueError):
@@ -41,6 +47,24 @@ class NonFiniteError(AlmostLinearError, FloatingPointError):
 
 class ArtifactError(AlmostLinearError):
     """A saved artifact that is malformed, of another kind, or made for another model."""
+
+
+class ChoiceError(AlmostLinearError):
+    """A value outside a fixed set of choices (a method, a unit, a mode)."""
+
+
+class LeverError(AlmostLinearError):
+    """A lever asked to do what it cannot do on this model: bake what has no exact bake, touch
+    mixture-of-experts weights it does not handle, undo what was not baked, and the like."""
+
+
+def check_choice(value, choices: Iterable, what: str):
+    """``value`` when it is one of ``choices``, else a :class:`ChoiceError` listing them."""
+    options = tuple(choices)
+    if value not in options:
+        listed = ", ".join(repr(c) for c in options)
+        raise ChoiceError(f"unknown {what} {value!r}; choose one of {listed}")
+    return value
 
 
 def finite_scale(value: float, what: str = "scale") -> float:

@@ -29,7 +29,7 @@ from .errors import MissingDependencyError, ModelNotFoundError
 from .locate import Structure, locate
 from .paths import cache_dir
 
-DEFAULT_MODEL = "smollm2-135m"
+from .defaults import DEFAULT_MODEL
 OFFLINE_HINT = "set HF_HUB_OFFLINE=1 to fail fast when there is no network"
 
 

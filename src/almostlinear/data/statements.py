@@ -8,8 +8,6 @@ in the fact they assert: a linear truth direction cannot lean on topic or templa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -165,19 +163,3 @@ def split(
         [x for i, x in enumerate(items) if i in first],
         [x for i, x in enumerate(items) if i not in first],
     )
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise TypeError(
-        f"data_hash cannot encode {type(obj).__name__}; pass dataclasses or JSON values."
-    )
-
-
-def data_hash(items: Iterable[Any]) -> str:
-    """First 16 hex digits of the SHA-256 of the items as canonical JSON, for artifact headers."""
-    payload = json.dumps(
-        list(items), default=_jsonable, sort_keys=True, ensure_ascii=False, separators=(",", ":")
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..core.artifact import Provenance
+from ..core.artifact import Provenance, Where
 from ..core.errors import EmptyDataError, ShapeError
 from ..core.locate import linear_weight, locate
 from ..core.models import fingerprint as model_fingerprint
@@ -124,7 +124,7 @@ def _batch_edit(model: nn.Module, tokenizer, requests: Sequence[EditRequest], *,
         "n_previous": len(previous),
     }
     provenance = Provenance(
-        model_fingerprint=fp, site=str(Site("mlp_out", layers[-1])), layer=layers[-1], method=method,
+        model_fingerprint=fp, where=Where.at(str(Site("mlp_out", layers[-1])), layers[-1]), method=method,
         data_hash=",".join(stats[l].content_hash for l in layers),
         units="ΔW = b @ a per layer on the down projection, [out, in]",
         extra={"hparams": hp.replace(layers=tuple(layers)).to_dict()},

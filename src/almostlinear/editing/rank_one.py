@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..core.artifact import Provenance
+from ..core.artifact import Provenance, Where
 from ..core.locate import linear_weight, locate
 from ..core.models import fingerprint as model_fingerprint
 from ..core.sites import Site
@@ -85,7 +85,7 @@ def rome(model: nn.Module, tokenizer, request: EditRequest, *, layer: int | None
         "u_split_half_cosine": float(stats.whitening_agreement(key[None], relative_ridge=hp.ridge)[0]),
     }
     provenance = Provenance(
-        model_fingerprint=fp, site=str(Site("mlp_out", layer)), layer=layer, method="rome (r-ROME key)",
+        model_fingerprint=fp, where=Where.at(str(Site("mlp_out", layer)), layer), method="rome (r-ROME key)",
         data_hash=stats.content_hash, units="ΔW = v uᵀ on the down projection, [out, in]",
         extra={"hparams": hp.replace(layer=layer).to_dict()},
     )

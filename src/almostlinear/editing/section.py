@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from ..audit.plan import AuditContext, Budget, Need, Section
-from ..audit.schema import Figure, Metric, SectionResult, Series
-from ..core.artifact import Provenance
+from ..core.section import AuditContext, Budget, Need, Section
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.artifact import Provenance, Where
 from ..core.collect import Batch
 from ..core.errors import EmptyDataError
 from ..core.sites import Site
@@ -113,7 +113,7 @@ class EditingSection(Section):
         self.halves[1].update(keys[odd])
 
     def _statistics(self, ctx: AuditContext) -> KeyStatistics:
-        provenance = Provenance(model_fingerprint=ctx.loaded.fingerprint, site=str(self.site), layer=self.layer,
+        provenance = Provenance(model_fingerprint=ctx.loaded.fingerprint, where=Where.at(str(self.site), self.layer),
                                 method="uncentred second moment, float64", data_hash="audit neutral texts",
                                 units="activation² (per token)")
         return _from_moments(*self.halves, self.layer, "audit:neutral", provenance)

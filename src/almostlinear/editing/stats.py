@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.artifact import Artifact, ArtifactError, Provenance
+from ..core.artifact import Artifact, ArtifactError, Provenance, Where
 from ..core.collect import stream
 from ..core.errors import EmptyDataError, ShapeError
 from ..core.locate import Structure, locate
@@ -216,7 +216,7 @@ def key_statistics(model: nn.Module, tokenizer, layer: int | Sequence[int], *, t
         halves = accumulate(model, tokenizer, texts, missing, n_tokens=n_tokens, structure=structure,
                             batch_size=batch_size, max_length=max_length, progress=progress)
         for l in missing:
-            provenance = Provenance(model_fingerprint=fp, site=str(Site("mlp_key", l)), layer=l,
+            provenance = Provenance(model_fingerprint=fp, where=Where.at(str(Site("mlp_key", l)), l),
                                     method="uncentred second moment, float64", data_hash=source,
                                     units="activation² (per token)",
                                     extra={"n_tokens_requested": n_tokens, "max_length": max_length})

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..core.digest import data_hash
 from ..core.errors import EmptyDataError, LayerError
 
 DATASETS = ("cities", "capitals")
@@ -70,7 +71,7 @@ def _concept(dataset: str | None, data_file: str | None, statements: int, seed: 
         cut = len(order) // 2
         train, test = sorted(order[:cut]), sorted(order[cut:])
         y = torch.tensor([index[n] for n in names])
-        digest = data.data_hash([f"{n}\t{t}" for n, t in zip(names, texts)])
+        digest = data_hash([f"{n}\t{t}" for n, t in zip(names, texts)])
         return [texts[i] for i in train], y[train], [texts[i] for i in test], y[test], classes, digest
     if dataset == "cities":
         items = data.city_statements(statements, seed=seed)
@@ -81,7 +82,7 @@ def _concept(dataset: str | None, data_file: str | None, statements: int, seed: 
     train, test = data.split(items, 0.5, seed=seed)
     label = lambda part: torch.tensor([int(s.label) for s in part])  # noqa: E731
     return ([s.text for s in train], label(train), [s.text for s in test], label(test), ["false", "true"],
-            data.data_hash(items))
+            data_hash(items))
 
 
 def parse_layers(text: str | None, n_layers: int) -> list[int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.artifact import Artifact, Provenance
+from ..core.artifact import Artifact, Provenance, Where
 from ..core.errors import ShapeError
 from ..core.hooks import Positions, intervene
 from ..core.locate import Structure, locate
@@ -89,8 +89,7 @@ class LeaceEraser(Artifact):
         layers = [Site.parse(s).layer for s in sites]
         provenance = Provenance(
             model_fingerprint=model_fingerprint,
-            site=names.pop() if len(names) == 1 else None,
-            layer=layers[0] if len(layers) == 1 else None,
+            where=Where.at(names.pop() if len(names) == 1 else None, layers[0] if len(layers) == 1 else None),
             method=method,
             data_hash=data_hash,
             units="raw activations; erased in place of the site's activation",

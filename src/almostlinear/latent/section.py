@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 
-from ..audit.plan import AuditContext, Section
-from ..audit.schema import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Section
+from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.threads import one_thread
 from ..zoo.vae import digits_vae, elbo, load_digits
 from .digits import KINDS, score_digits

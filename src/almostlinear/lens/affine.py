@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.artifact import Provenance
+from ..core.artifact import Provenance, Where
 from ..core.collect import Batch, stream
 from ..core.errors import EmptyDataError, ShapeError
 from ..core.locate import Structure, locate
@@ -166,7 +166,7 @@ def fit_affine_lens(model, tokenizer, texts: Sequence[str], *, structure: Struct
     token of each text is skipped by default: attention sinks carry outlying norms.
     """
     from ..core.models import fingerprint
-    from ..data import data_hash
+    from ..core.digest import data_hash
 
     if method not in ("ridge", "bias"):
         raise ValueError(f"method must be 'ridge' or 'bias', got {method!r}")
@@ -180,7 +180,7 @@ def fit_affine_lens(model, tokenizer, texts: Sequence[str], *, structure: Struct
                         max_length=max_length, skip_first=skip_first, structure=structure, progress=progress):
         fitter.update_batch(batch, validation_every=validation_every)
     lens = fitter.result(ridge=ridge, ridges=ridges) if method == "ridge" else fitter.bias_only()
-    provenance = Provenance(model_fingerprint=fingerprint(model), site="resid_pre.0,resid_post.*",
+    provenance = Provenance(model_fingerprint=fingerprint(model), where=Where.at("resid_pre.0,resid_post.*"),
                             method=f"affine lens ({method})", data_hash=data_hash(texts),
                             units="residual stream -> last block's residual (pre final norm)",
                             extra={"texts": len(texts), "tokens": fitter.tokens})

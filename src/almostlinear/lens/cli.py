@@ -74,3 +74,23 @@ def lens_command(model_name: str, prompt: str, kind: str = "logit", out: str | N
         path = plot_lens_table(rows, inputs, Path(out), title=f"{kind} lens, {loaded.name}: top-1 token per layer")
         print(f"wrote {path}")
     return 0
+
+
+def lens_args_command(args) -> int:
+    from ..clitools import set_threads
+
+    set_threads(args.threads)
+    return lens_command(args.model, args.prompt, args.kind, args.out)
+
+
+def register(sub) -> None:
+    from ..core.defaults import DEFAULT_MODEL
+
+    lens = sub.add_parser("lens", help="the top token per layer and position of one prompt, through a lens")
+    lens.add_argument("--prompt", required=True, help="the text to read")
+    lens.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, local folder, or hub id")
+    lens.add_argument("--kind", choices=("logit", "affine", "tuned"), default="logit",
+                      help="affine and tuned lenses are fitted on neutral text once per model, then cached")
+    lens.add_argument("--out", default=None, help="also write the picture as a PNG to this file")
+    lens.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    lens.set_defaults(func=lens_args_command)

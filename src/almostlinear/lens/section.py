@@ -13,8 +13,8 @@ import statistics
 
 import torch
 
-from ..audit.plan import AuditContext, Need, Section
-from ..audit.schema import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Need, Section
+from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
 from ..core.errors import EmptyDataError
 from .affine import AffineLensFitter

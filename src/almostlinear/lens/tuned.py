@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.artifact import Provenance
+from ..core.artifact import Provenance, Where
 from ..core.collect import stream
 from ..core.errors import EmptyDataError, NonFiniteError, ShapeError
 from ..core.locate import Structure, locate
@@ -161,7 +161,7 @@ def train_tuned_lens(model, tokenizer, texts: Sequence[str], *, structure: Struc
     from tqdm.auto import tqdm
 
     from ..core.models import fingerprint
-    from ..data import data_hash
+    from ..core.digest import data_hash
 
     texts = list(texts)
     if not texts:
@@ -196,7 +196,7 @@ def train_tuned_lens(model, tokenizer, texts: Sequence[str], *, structure: Struc
     lens = trainer.result()
     if not math.isfinite(lens.history[-1]):
         raise NonFiniteError("the tuned lens diverged (non-finite KL): lower settings.lr_scale")
-    provenance = Provenance(model_fingerprint=fingerprint(model), site="resid_pre.0,resid_post.*",
+    provenance = Provenance(model_fingerprint=fingerprint(model), where=Where.at("resid_pre.0,resid_post.*"),
                             method="tuned lens (SGD on KL, arXiv 2303.08112)", data_hash=data_hash(texts),
                             units="residual stream -> last block's residual (pre final norm)",
                             extra={"init": type(init).__name__, "token_budget": token_budget,

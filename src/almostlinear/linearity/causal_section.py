@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..audit.plan import AuditContext, Section
-from ..audit.schema import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Section
+from ..core.report import Figure, Metric, SectionResult, Series
 from .causal import (CONCEPT_PAIRS, causal_whitening, concept_directions, off_diagonal_abs_cosine, single_token_pairs,
                      slug)
 

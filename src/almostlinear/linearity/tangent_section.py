@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..audit.plan import AuditContext, Section
-from ..audit.schema import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Section
+from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import model_device, tokenize
 from ..core.threads import one_thread
 from .tangent import (
@@ -126,11 +126,10 @@ class TangentSection(Section):
         return result
 
     def _model_profile(self, ctx: AuditContext, result: SectionResult) -> None:
-        from ..audit.sources import texts_for
 
         quick = _quick(ctx)
         loaded, structure = ctx.loaded, ctx.structure
-        texts = texts_for(ctx, "neutral")
+        texts = ctx.texts("neutral")
         if len(texts) < 2:
             result.notes.append("Too few neutral texts for the fine-tuning profile.")
             return

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import data
+from ..core.digest import data_hash
 from ..core.collect import collect
 from ..core.errors import EmptyDataError
 from ..core.models import LoadedModel, load
@@ -93,7 +94,32 @@ def probe_command(model_name: str | LoadedModel, dataset: str = "cities", layers
           "accuracy (arXiv 1909.03368), 5-fold over statements", file=stream)
     if out is not None:
         probe = LinearProbe.fit(x[best], labels, method="logistic", l2=L2, site=sites[best],
-                                data_hash=data.data_hash(items), model_fingerprint=loaded.fingerprint)
+                                data_hash=data_hash(items), model_fingerprint=loaded.fingerprint)
         path = probe.save(out)
         print(f"saved the logistic probe of layer {chosen[best]} (refitted on all statements) to {path}", file=stream)
     return table
+
+
+def probe_args_command(args) -> int:
+    from ..clitools import set_threads
+
+    set_threads(args.threads)
+    layers = [int(v) for v in args.layers.split(",")] if args.layers else None
+    probe_command(args.model, dataset=args.dataset, layers=layers, out=args.out,
+                  statements=args.statements, candidates=args.candidates, seed=args.seed)
+    return 0
+
+
+def register(sub) -> None:
+    from ..core.defaults import DEFAULT_MODEL
+
+    probe = sub.add_parser("probe", help="truth probes on every layer: held-out accuracy, selectivity; save the best")
+    probe.add_argument("--model", default=DEFAULT_MODEL)
+    probe.add_argument("--dataset", choices=["cities", "capitals"], default="cities")
+    probe.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
+    probe.add_argument("--out", default=None, help="save the best layer's logistic probe (.safetensors)")
+    probe.add_argument("--statements", type=int, default=400)
+    probe.add_argument("--candidates", type=int, default=1000)
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--threads", type=int, default=None)
+    probe.set_defaults(func=probe_args_command)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.artifact import Artifact, Provenance
+from ..core.artifact import Artifact, Provenance, Where
 from ..core.errors import ShapeError
 from ..core.linalg import spd_solve
 from ._data import as_layers, standardize, to_raw_units
@@ -57,7 +57,7 @@ class LinearProbe(Artifact):
                      extra: dict | None = None) -> LinearProbe:
         """Wrap fitted weights with their provenance (site, layer, method, data hash, model)."""
         name, layer = _site_parts(site)
-        provenance = Provenance(model_fingerprint=model_fingerprint, site=name, layer=layer, method=method,
+        provenance = Provenance(model_fingerprint=model_fingerprint, where=Where.at(name, layer), method=method,
                                 data_hash=data_hash, units="raw activations; decision > 0 means label True",
                                 extra=dict(extra or {}))
         return cls(weight.detach().clone(), torch.as_tensor(bias).detach().clone().reshape(()),

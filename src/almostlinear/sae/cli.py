@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..core.digest import data_hash
+
 
 def _say(message: str) -> None:
     print(f"· {message}", file=sys.stderr, flush=True)
@@ -35,7 +37,7 @@ def _site(loaded, text: str | None):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .. import data
-    from ..core.artifact import Provenance
+    from ..core.artifact import Provenance, Where
     from ..core.collect import collect
     from ..core.models import load
     from .train import fit_sae, train_sae
@@ -53,8 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                        structure=loaded.structure)[site]
         if args.max_tokens:
             acts = acts[: args.max_tokens]
-        provenance = Provenance(model_fingerprint=loaded.fingerprint, site=str(site), layer=site.layer,
-                                method=f"sae-{args.activation}", data_hash=data.data_hash(texts), units="site",
+        provenance = Provenance(model_fingerprint=loaded.fingerprint, where=Where.at(str(site), site.layer),
+                                method=f"sae-{args.activation}", data_hash=data_hash(texts), units="site",
                                 extra={"width": width, "epochs": args.epochs})
         _say(f"training a {args.activation} SAE with {width} latents for {args.epochs} passes over "
              f"{acts.shape[0]} tokens")
@@ -64,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _say(f"training a {args.activation} SAE with {width} latents on {site}, streaming")
         sae = train_sae(loaded.model, loaded.tokenizer, texts, site, width, max_tokens=args.max_tokens,
                         buffer_tokens=args.buffer_tokens, max_length=args.max_length, structure=loaded.structure,
-                        model_fingerprint=loaded.fingerprint, data_hash=data.data_hash(texts),
+                        model_fingerprint=loaded.fingerprint, data_hash=data_hash(texts),
                         progress=args.progress, **common)
     path = sae.save(args.out)
     dead = float((sae.latent_frequency == 0).double().mean())

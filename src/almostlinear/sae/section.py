@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ..audit.plan import AuditContext, Need, Section
-from ..audit.schema import Figure, Metric, SectionResult, Series
-from ..core.artifact import Provenance
+from ..core.section import AuditContext, Need, Section
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.artifact import Provenance, Where
 from ..core.collect import Batch, model_device
 from ..core.errors import EmptyDataError
 from ..core.sites import Site
@@ -55,7 +55,6 @@ class SaeSection(Section):
         self.seen += acts.shape[0]
 
     def finish(self, ctx: AuditContext) -> SectionResult:
-        from ..audit.sources import texts_for
 
         result = SectionResult(self.id, self.title)
         s = self.settings
@@ -74,9 +73,8 @@ class SaeSection(Section):
         with one_thread():
             sae = fit_sae(x_train, width, k=k, epochs=s["epochs"], batch_size=256, seed=ctx.seed,
                           device=model_device(ctx.loaded.model),
-                          provenance=Provenance(model_fingerprint=ctx.loaded.fingerprint, site=str(self.site),
-                                                layer=self.site.layer, method="sae-topk", units="site"))
-            texts = texts_for(ctx, "neutral")
+                          provenance=Provenance(model_fingerprint=ctx.loaded.fingerprint, where=Where.at(str(self.site), self.site.layer), method="sae-topk", units="site"))
+            texts = ctx.texts("neutral")
             held_texts = [t for i, t in enumerate(texts) if i % 4 == 3][: s["ce_texts"]]
             scores = None
             if ctx.causal and held_texts:

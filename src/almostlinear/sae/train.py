@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.artifact import Provenance
+from ..core.artifact import Provenance, Where
 from ..core.errors import EmptyDataError, ShapeError
 from .artifact import SparseAutoencoder
 from .autoencoder import ReluSAE, SparseAutoencoderModule, TopKSAE, check_activations, check_width
@@ -274,7 +274,7 @@ def train_sae(model, tokenizer, texts: Sequence[str], site, width: int, *, activ
             break
     if bar is not None:
         bar.close()
-    provenance = Provenance(model_fingerprint=model_fingerprint, site=str(chosen), layer=chosen.layer,
+    provenance = Provenance(model_fingerprint=model_fingerprint, where=Where.at(str(chosen), chosen.layer),
                             method=f"sae-{activation}", data_hash=data_hash, units="site",
                             extra={"width": width, "k": k if activation == "topk" else None,
                                    "l1": l1 if activation == "relu" else None})

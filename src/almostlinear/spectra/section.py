@@ -12,8 +12,8 @@ import collections
 
 import torch
 
-from ..audit.plan import AuditContext, Need, Section
-from ..audit.schema import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Need, Section
+from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.errors import StructureError
 from ..core.models import EMBEDDED
 from ..core.threads import one_thread

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..core.artifact import Artifact, Provenance
+from ..core.artifact import Artifact, Provenance, Where
 from ..core.errors import NonFiniteError, ShapeError
 from ..core.hooks import Positions, intervene
 from ..core.locate import Structure, linear_weight, locate
@@ -217,7 +217,7 @@ class DirectionalAblation(Artifact):
         """Store the orthonormalised span of ``direction``; ``site``/``method`` record where it came from."""
         basis = orthonormal_basis(direction).float()
         name, layer = (Site.parse(site).name, Site.parse(site).layer) if site else (None, None)
-        provenance = Provenance(model_fingerprint=model_fingerprint, site=name, layer=layer, method=method,
+        provenance = Provenance(model_fingerprint=model_fingerprint, where=Where.at(name, layer), method=method,
                                 data_hash=data_hash, units="unit directions in the residual stream",
                                 extra={"operation": OPERATION, "ablated_sites": list(ABLATED_SITES)})
         return cls(basis, tuple(layers or ()), provenance=provenance)

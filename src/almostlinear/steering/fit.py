@@ -18,7 +18,7 @@ import torch
 from ..core.collect import collect
 from ..core.errors import EmptyDataError, ShapeError
 from ..core.sites import Site, as_sites
-from ..data.statements import data_hash
+from ..core.digest import data_hash
 from .choices import METHODS, READS
 from .directions import extract, projection_spread
 from .vector import SteeringVector, unpack

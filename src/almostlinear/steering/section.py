@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..audit.plan import AuditContext, Need, Section
-from ..audit.schema import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Need, Section
+from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
 from ..core.errors import EmptyDataError
 from ..core.sites import Site

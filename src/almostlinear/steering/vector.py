@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.artifact import Artifact, Provenance
+from ..core.artifact import Artifact, Provenance, Where
 from ..core.errors import NonFiniteError, ShapeError
 from ..core.hooks import add
 from ..core.locate import Structure, locate
@@ -94,7 +94,7 @@ class SteeringVector(Artifact):
         stats = dict(norms or {})
         stats.setdefault("diff_norm", norm)
         described = policies.describe(positions)
-        provenance = Provenance(model_fingerprint=model_fingerprint, site=site, layer=int(layer), method=method,
+        provenance = Provenance(model_fingerprint=model_fingerprint, where=Where.at(site, int(layer)), method=method,
                                 data_hash=data_hash, units=UNIT_TEXT,
                                 extra={"operation": "add", "positions": described, **(extra or {})})
         return cls((d / norm).float(), site, int(layer), method, positions if callable(positions) else described,

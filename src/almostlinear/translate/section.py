@@ -7,8 +7,8 @@ import importlib.util
 
 import torch
 
-from ..audit.plan import AuditContext, Need, Section
-from ..audit.schema import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Need, Section
+from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
 from ..core.models import EMBEDDED, load
 from ..core.sites import Site

@@ -10,11 +10,11 @@ from .direction import TruthDirection
 from .distractor import ALL_METHODS, DistractorResult, distractor_check, fit_methods
 from .methods import ContrastDirections, fit_contrast_pca, fit_logistic_difference, fit_mean_difference
 from .normalise import PairNormaliser, balanced_accuracy, sign_free_accuracy
-from .prompts import ContrastPrompt, cities_contrast_source, contrast_prompts, whole_subjects
+from .prompts import ContrastPrompt, contrast_prompts, whole_subjects
 
 __all__ = [
     "ALL_METHODS", "ContrastDirections", "ContrastPrompt", "DistractorResult", "PairNormaliser",
-    "TruthDirection", "balanced_accuracy", "ccs_loss", "cities_contrast_source", "contrast_prompts", "credence",
+    "TruthDirection", "balanced_accuracy", "ccs_loss", "contrast_prompts", "credence",
     "distractor_check", "fit_ccs", "fit_contrast_pca", "fit_logistic_difference", "fit_mean_difference",
     "fit_methods", "sign_free_accuracy", "whole_subjects",
 ]

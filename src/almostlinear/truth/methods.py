@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.artifact import Provenance
+from ..core.artifact import Provenance, Where
 from ..probes import fit_logistic, fit_mass_mean
 from .direction import TruthDirection
 from .normalise import PairNormaliser, check_labels, check_pairs, plain_accuracy, sign_free_accuracy
@@ -65,7 +65,7 @@ class ContrastDirections:
         layer = index if layer is None else layer
         return TruthDirection(w_pos.clone(), w_neg.clone(), bias.reshape(()).clone(), int(layer), site,
                               self.method, self.oriented,
-                              provenance=Provenance(site=site, layer=int(layer), method=self.method))
+                              provenance=Provenance(where=Where.at(site, int(layer)), method=self.method))
 
 
 def differences(normaliser: PairNormaliser, x_pos: torch.Tensor, x_neg: torch.Tensor) -> torch.Tensor:

@@ -109,19 +109,3 @@ def whole_subjects(statements: Sequence[Statement], n: int) -> list[Statement]:
             break
         out += group
     return out
-
-
-def cities_contrast_source(ctx) -> list[ContrastPrompt]:
-    """Audit text source ``"cities_contrast"``: contrast prompts from the ``"cities"`` statements.
-
-    Builds the ``"cities"`` source first when it is not there yet, so both truth sections read the
-    same known facts. Each statement costs two prompts of ~14 tokens (four with the distractor),
-    against one of ~10 for the truth probes, so this source takes a third of the budget's
-    statements (80 in ``--quick``: 160 clean and 80 distractor prompts) to keep its forward pass near
-    the others'.
-    """
-    from ..audit.sources import texts_for  # late: audit.sources imports this module
-
-    texts_for(ctx, "cities")
-    statements = whole_subjects(ctx.sources["cities"], max(8, ctx.budget.statements // 3))
-    return contrast_prompts(statements, seed=ctx.seed)

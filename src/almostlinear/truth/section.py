@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..audit.plan import AuditContext, Need, Section, last_token_rows
-from ..audit.schema import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Need, Section, last_token_rows
+from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
 from ..core.sites import Site
 from ..core.threads import one_thread
