@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ShapeError, StructureError
-from ..core.locate import Structure, _is_conv1d, _is_norm, is_linear, linear_shape, locate
+from ..core.locate import Structure, is_conv1d, is_norm, is_linear, linear_shape, locate
 
 
 @dataclass(frozen=True)
@@ -230,11 +230,11 @@ class _Builder:
 
     def linear_in(self, module: nn.Module, ap_shape, dim, perm, offset=0):
         """Permute the input features of a Linear / Conv1D."""
-        axis = 0 if _is_conv1d(module) else 1
+        axis = 0 if is_conv1d(module) else 1
         self.add(module, "weight", AxisPerm(perm, axis, ap_shape, dim, offset))
 
     def linear_out(self, module: nn.Module, ap_shape, dim, perm, offset=0):
-        axis = 1 if _is_conv1d(module) else 0
+        axis = 1 if is_conv1d(module) else 0
         self.add(module, "weight", AxisPerm(perm, axis, ap_shape, dim, offset))
         if getattr(module, "bias", None) is not None:
             self.add(module, "bias", AxisPerm(perm, 0, ap_shape, dim, offset))
@@ -272,7 +272,7 @@ def transformer_spec(model: nn.Module, structure: Structure | None = None, *, he
     attentions = {id(blk.attention) for blk in structure.blocks}
     inside_attention = {id(m) for blk in structure.blocks for m in blk.attention.modules()}
     for m in model.modules():
-        if id(m) in inside_attention or not _is_norm(m) or is_linear(m):
+        if id(m) in inside_attention or not is_norm(m) or is_linear(m):
             continue
         own = dict(m.named_parameters(recurse=False))
         if own and all(p.shape == (d,) for p in own.values()):
@@ -376,7 +376,7 @@ def _head_perms(b: _Builder, blk, readers, n_heads, n_kv, rotary, within, cover)
         if linear_shape(fused)[0] != (n_heads + 2 * n_kv) * hd:
             raise StructureError(f"block {i}: fused projection of {linear_shape(fused)[0]} features does not hold "
                                  f"{n_heads} query and {n_kv} key/value heads of {hd}")
-        if _is_conv1d(fused):  # [q | k | v], each head-major
+        if is_conv1d(fused):  # [q | k | v], each head-major
             place(fused, 0, q_like(n_kv, g))
             place(fused, n_heads * hd, q_like(n_kv, 1))
             place(fused, (n_heads + n_kv) * hd, v_like())
@@ -394,7 +394,7 @@ def _head_perms(b: _Builder, blk, readers, n_heads, n_kv, rotary, within, cover)
     for perm, dim in o_dims:
         b.linear_in(o, o_shape, dim, perm)
     for m in blk.attention.modules():  # per-head q/k norms (Qwen3, Gemma 3): weights over head_dim
-        if _is_norm(m) and not is_linear(m):
+        if is_norm(m) and not is_linear(m):
             for pname, p in m.named_parameters(recurse=False):
                 if p.shape != (hd,):
                     raise StructureError(f"block {i}: norm {b.names[id(m)]} of shape {tuple(p.shape)} inside the "

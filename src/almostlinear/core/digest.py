@@ -37,7 +37,7 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 def tensor_digest(tensor: torch.Tensor) -> str:
     """Digest of a tensor's shape, dtype and exact bytes."""
-    return digest(f"{tuple(tensor.shape)}:{tensor.dtype}:", tensor_bytes(tensor))
+    return digest(f"{tuple(tensor.shape)}:{tensor.dtype}", tensor_bytes(tensor))
 
 
 def json_digest(value: Any) -> str:

@@ -32,10 +32,10 @@ _WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
 
 def is_linear(module: nn.Module) -> bool:
     """True for ``nn.Linear`` and GPT-2 style ``Conv1D`` (weight stored ``[in, out]``)."""
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
-def _is_conv1d(module: nn.Module) -> bool:
+def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
@@ -43,7 +43,7 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     """``(out_features, in_features)`` of a linear-like module."""
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
-    if _is_conv1d(module):
+    if is_conv1d(module):
         return module.weight.shape[1], module.weight.shape[0]
     raise StructureError(f"{type(module).__name__} is not a linear layer")
 
@@ -52,12 +52,12 @@ def linear_weight(module: nn.Module) -> torch.Tensor:
     """The weight as ``[out, in]`` (a view; transposed for ``Conv1D``)."""
     if isinstance(module, nn.Linear):
         return module.weight
-    if _is_conv1d(module):
+    if is_conv1d(module):
         return module.weight.T
     raise StructureError(f"{type(module).__name__} is not a linear layer")
 
 
-def _is_norm(module: nn.Module) -> bool:
+def is_norm(module: nn.Module) -> bool:
     name = type(module).__name__.lower()
     return isinstance(module, nn.LayerNorm) or "norm" in name
 
@@ -70,9 +70,11 @@ class Block:
     module: nn.Module
     attention: nn.Module
     attn_out_proj: nn.Module
-    mlp_down_proj: nn.Module
+    mlp_down_proj: nn.Module | None  # None in mixture-of-experts blocks (see ``moe``)
     norms: tuple[nn.Module, ...]
     path: str
+    mlp: nn.Module | None = None  # the whole MLP (or the sparse MoE block)
+    moe: bool = False  # a mixture-of-experts MLP: weight levers that touch the MLP refuse or handle experts
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ def _find_attention(block: nn.Module) -> nn.Module:
         if "attn" in lowered or "attention" in lowered:
             # Skip norms and parameter-free wrappers named after the attention (GPT-NeoX has
             # ``post_attention_layernorm`` and ``post_attention_dropout`` beside ``attention``).
-            if "norm" not in lowered and not _is_norm(child) and _linears(child):
+            if "norm" not in lowered and not is_norm(child) and _linears(child):
                 return child
     raise StructureError(
         f"no attention submodule in {type(block).__name__} (children: "
@@ -198,7 +200,7 @@ def _locate_block(index: int, path: str, block: nn.Module, d_model: int) -> tupl
             f"expected one MLP down projection (d_mlp -> d_model={d_model}) in block {index}, "
             f"found {found or 'none'}; mixture-of-experts blocks are not supported yet"
         )
-    norms = tuple(m for _, m in block.named_children() if _is_norm(m))
+    norms = tuple(m for _, m in block.named_children() if is_norm(m))
     found = Block(index, block, attention, writers[-1], down[0][1], norms, path)
     return found, linear_shape(down[0][1])[1]
 
@@ -218,7 +220,7 @@ def _find_final_norm(model: nn.Module, blocks_path: str) -> tuple[nn.Module | No
         if name == list_name:
             after = True
             continue
-        if after and _is_norm(child):
+        if after and is_norm(child):
             return child, prefix + name
     return None, None
 
@@ -257,7 +259,7 @@ def locate(model: nn.Module) -> Structure:
         embedding=embedding,
         unembedding=unembedding,
         tied_embeddings=tied,
-        transposed_weights=_is_conv1d(blocks[0].mlp_down_proj),
+        transposed_weights=is_conv1d(blocks[0].mlp_down_proj),
         n_params=sum(p.numel() for p in model.parameters()),
         notes=tuple(notes),
     )
