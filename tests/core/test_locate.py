@@ -1,4 +1,5 @@
-"""locate(): structure of six tiny families and the two real models; sites agree with HF's own outputs."""
+"""locate(): structure of the six original tiny families and the two real models; sites agree with HF's own
+outputs. Every other architecture is covered in test_architectures.py."""
 
 from __future__ import annotations
 
@@ -23,9 +24,22 @@ def _batch(tokenizer, side="right"):
     return tokenizer(["the cat is on the road .", "a dog"], return_tensors="pt", padding=True)
 
 
+def _sites(model) -> list[str]:
+    """Every site the model has (BERT's split MLP has no ``mlp_in``)."""
+    structure = locate(model)
+    out = []
+    for text in ALL_SITES:
+        try:
+            Site.parse(text).target(structure)
+        except SiteError:
+            continue
+        out.append(text)
+    return out
+
+
 def _run(model, inputs):
     """One forward with every site recorded in full, and HF's own hidden states."""
-    with torch.no_grad(), record(model, ALL_SITES, keep_full=True) as rec:
+    with torch.no_grad(), record(model, _sites(model), keep_full=True) as rec:
         out = model(**inputs, output_hidden_states=True)
     return rec, out
 
@@ -51,8 +65,19 @@ def test_dimensions(tiny_model):
         assert id(block.mlp_down_proj) in members
         assert id(block.attn_out_proj) in {id(m) for m in block.attention.modules()}
         assert id(block.mlp_down_proj) not in {id(m) for m in block.attention.modules()}
+        assert not block.moe and block.experts is None and block.router is None
+        # BERT's MLP is split over two children of the block (``intermediate``, ``output``) and each
+        # sublayer's output is normalised with the residual (post-LN)
+        assert block.post_norms is (name == "bert")
+        if name == "bert":
+            assert block.mlp is None
+        else:
+            assert id(block.mlp_down_proj) in {id(m) for m in block.mlp.modules()}
+            assert block.mlp is model.get_submodule(f"{block.path}.mlp")
+    assert len(_sites(model)) == len(ALL_SITES) - (N_LAYERS if name == "bert" else 0)
     summary = structure.summary()
     assert summary["n_layers"] == N_LAYERS and summary["d_mlp"] == D_MLP
+    assert summary["moe"] is False and summary["post_norms"] is (name == "bert")
     if name == "bert":
         assert structure.final_norm is None and structure.unembedding is None
         assert structure.notes

@@ -12,11 +12,11 @@ import torch
 from tiny_models import build_model, make_tokenizer
 
 from almostlinear.core.errors import AlmostLinearError, EmptyDataError
+from almostlinear.core.tokens import continuation_ids, first_answer_token
 from almostlinear.data.facts import Fact
 from almostlinear.editing.counterfact import Relation, counterfact_cases
 from almostlinear.editing.eval import (
     CaseScores,
-    continuation,
     evaluate_edits,
     generation_entropy,
     harmonic_mean,
@@ -42,11 +42,14 @@ def tok():
 
 
 def test_continuation_splits_prompt_and_target(tok):
-    ctx, tgt = continuation(tok, "Paris is in", "big red house")
+    ctx, tgt = continuation_ids(tok, "Paris is in", "big red house")
     assert ctx == tok("Paris is in")["input_ids"]
     assert tgt == tok("big red house", add_special_tokens=False)["input_ids"]
+    assert first_answer_token(tok, "Paris is in", "big red house") == tgt[0]
     with pytest.raises(AlmostLinearError):
-        continuation(tok, "Paris is in", "   ")
+        continuation_ids(tok, "Paris is in", "   ")
+    with pytest.raises(AlmostLinearError, match="adds no token"):
+        first_answer_token(tok, "Paris is in", "   ")
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

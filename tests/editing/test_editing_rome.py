@@ -8,7 +8,7 @@ import torch
 from editing_helpers import OTHER, REQUEST, fast_hparams, random_texts
 from tiny_models import build_model, make_tokenizer
 
-from almostlinear.core.errors import LayerError
+from almostlinear.core.errors import LayerError, LeverError
 from almostlinear.core.locate import linear_weight, locate
 from almostlinear.editing import EditRequest, EditRequestError, RankOneEdit, key_statistics, predicted_shift, rome
 from almostlinear.editing.solvers import rank_one_update
@@ -92,17 +92,17 @@ def test_apply_restores_bit_for_bit_also_on_error(setup):
 def test_bake_then_undo_is_exact_and_ordered(setup):
     model, tok, stats, edit = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    edit.bake_(model)
-    second = rome(model, tok, OTHER, stats=stats, hparams=fast_hparams(model))  # made on the edited model
-    second.bake_(model)
-    with pytest.raises(Exception, match="undo that one first"):
-        edit.undo_(model)
-    second.undo_(model)
-    edit.undo_(model)
+    first = edit.bake_(model)
+    second_edit = rome(model, tok, OTHER, stats=stats, hparams=fast_hparams(model))  # made on the edited model
+    second = second_edit.bake_(model)
+    with pytest.raises(LeverError, match="undo later bakes first"):
+        first.undo_()
+    second.undo_()
+    first.undo_()
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
-    with pytest.raises(Exception, match="not baked"):
-        edit.undo_(model)
+    with pytest.raises(LeverError, match="already undone"):
+        first.undo_()
 
 
 def test_predicted_shift_equals_observed_at_the_edited_layer(setup):

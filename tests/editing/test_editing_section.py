@@ -8,6 +8,7 @@ from tiny_models import TEXTS, build_model, make_tokenizer
 
 from almostlinear.core.section import AuditContext, Budget
 from almostlinear.audit.plan import run_sections
+from almostlinear.core.errors import AlmostLinearError
 from almostlinear.core.models import LoadedModel
 from almostlinear.data.facts import Fact
 from almostlinear.editing.counterfact import Relation
@@ -52,8 +53,18 @@ def test_section_on_a_tiny_model():
 
 
 def test_section_refuses_another_layer():
-    with pytest.raises(ValueError, match="default layer"):
+    with pytest.raises(AlmostLinearError, match="default layer"):
         EditingSection(hparams={"layer": 1})
+
+
+def test_section_skips_mixture_of_experts_models():
+    from tiny_models import MOE_ARCHITECTURES
+
+    for family in MOE_ARCHITECTURES:
+        loaded = _loaded(build_model(family), make_tokenizer(), family)
+        ctx = AuditContext(loaded, Budget.quick(), progress=lambda m: None)
+        (result,) = run_sections(ctx, [EditingSection()], lambda source: list(TEXTS))
+        assert result.status == "skipped" and "mixture of experts" in result.notes[0], result.notes
 
 
 def test_section_skips_encoders():

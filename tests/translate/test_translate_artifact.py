@@ -1,4 +1,4 @@
-"""MapArtifact: save/load, held-out scoring that refuses training rows, directions and probes through a map."""
+"""LinearMap: save/load, held-out scoring that refuses training rows, directions and probes through a map."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from almostlinear.core.artifact import load
 from almostlinear.core.errors import EmptyDataError, ShapeError
 from almostlinear.translate import (
-    MapArtifact,
+    LinearMap,
     TrainingRowsError,
     evaluate,
     r2_score,
@@ -25,11 +25,11 @@ def _pair(seed=0, n=200, dx=12, dy=8):
 
 def test_save_load_round_trip(tmp_path):
     x, y = _pair()
-    fitted = MapArtifact.fit(x, y, "low_rank", rank=3, source="a.resid_post.3", target="b.resid_post.5",
+    fitted = LinearMap.fit(x, y, "low_rank", rank=3, source="a.resid_post.3", target="b.resid_post.5",
                              model_fingerprint="abc")
     path = fitted.save(tmp_path / "map.safetensors")
     again = load(path)
-    assert isinstance(again, MapArtifact) and again.kind == "linear-map"
+    assert isinstance(again, LinearMap) and again.kind == "linear-map"
     assert torch.equal(again.weight, fitted.weight) and torch.equal(again.train_rows, fitted.train_rows)
     assert (again.method, again.rank, again.source, again.target) == ("low_rank", 3, "a.resid_post.3", "b.resid_post.5")
     assert again.provenance.model_fingerprint == "abc"
@@ -38,7 +38,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_held_out_score_refuses_training_rows():
     x, y = _pair()
-    fitted = MapArtifact.fit(x[:150], y[:150])
+    fitted = LinearMap.fit(x[:150], y[:150])
     with pytest.raises(TrainingRowsError, match="used to fit"):
         fitted.score(x[140:], y[140:])
     scores = fitted.score(x[150:], y[150:])
@@ -54,7 +54,7 @@ def test_evaluate_scores_only_rows_outside_the_fit():
     assert set(train.tolist()).isdisjoint(test.tolist())
     assert result.map.overlaps_training(x[test]) == 0
     assert result.map.overlaps_training(x[train]) == len(train)
-    refit = MapArtifact.fit(x[train], y[train], "affine", seed=1)
+    refit = LinearMap.fit(x[train], y[train], "affine", seed=1)
     assert result.held_out.r2 == pytest.approx(refit.score(x[test], y[test]).r2)
     assert result.train_r2 == pytest.approx(refit.train_r2)
 
@@ -72,7 +72,7 @@ def test_grouped_split_keeps_groups_whole():
 
 def test_direction_and_probe_through_the_map_match_direct_computation():
     x, y = _pair()
-    fitted = MapArtifact.fit(x, y)
+    fitted = LinearMap.fit(x, y)
     a, b = x[0], x[1]
     v = b - a
     assert torch.allclose(transfer_vector(fitted, v), fitted(b) - fitted(a), atol=1e-5)  # the bias cancels

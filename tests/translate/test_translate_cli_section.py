@@ -11,7 +11,7 @@ from almostlinear.core.section import AuditContext, Budget
 from almostlinear.audit.plan import run_sections
 from almostlinear.core.artifact import load
 from almostlinear.core.models import LoadedModel
-from almostlinear.translate import MapArtifact, cli
+from almostlinear.translate import LinearMap, cli
 from almostlinear.translate.section import CrossModelMaps
 
 
@@ -41,7 +41,7 @@ def test_translate_command_between_two_models_prints_held_out_scores(tmp_path):
     forward = results[0]
     assert forward.held_out.n == round(len(lines) * 0.3)
     saved = load(tmp_path / "map.safetensors")
-    assert isinstance(saved, MapArtifact) and torch.equal(saved.weight, forward.map.weight)
+    assert isinstance(saved, LinearMap) and torch.equal(saved.weight, forward.map.weight)
 
 
 def test_translate_parser_runs_the_stitch_mode(tmp_path, monkeypatch):
@@ -50,7 +50,7 @@ def test_translate_parser_runs_the_stitch_mode(tmp_path, monkeypatch):
                                  "--out", str(tmp_path / "stitch.safetensors")])
     assert args.stitch == (0, 1)
     assert args.func(args) == 0
-    assert isinstance(load(tmp_path / "stitch.safetensors"), MapArtifact)
+    assert isinstance(load(tmp_path / "stitch.safetensors"), LinearMap)
     with pytest.raises(SystemExit):
         _parser().parse_args(["translate", "--stitch", "three"])
 

@@ -8,12 +8,12 @@ from tiny_models import TEXTS, build_model, make_tokenizer
 
 from almostlinear.core.collect import collect, tokenize
 from almostlinear.core.errors import ShapeError
-from almostlinear.translate import MapArtifact, Network, fit_stitch, paired_activations, stitched_loss
+from almostlinear.translate import LinearMap, Network, fit_stitch, paired_activations, stitched_loss
 from almostlinear.translate.stitch import _cross_entropy
 
 
 def _identity(d=32):
-    return MapArtifact(torch.eye(d), torch.zeros(d), torch.zeros(0, dtype=torch.int64))
+    return LinearMap(torch.eye(d), torch.zeros(d), torch.zeros(0, dtype=torch.int64))
 
 
 def _ce(model, tokenizer, texts):

@@ -6,12 +6,12 @@ from tiny_models import build_model, make_tokenizer
 
 from almostlinear.core.collect import collect
 from almostlinear.core.errors import ShapeError
-from almostlinear.translate import MapArtifact, mean_difference, sentiment_shift, steering_transfer
+from almostlinear.translate import LinearMap, mean_difference, sentiment_shift, steering_transfer
 from almostlinear.translate.transfer import sentiment_texts
 
 
 def _identity(d=32):
-    return MapArtifact(torch.eye(d), torch.zeros(d), torch.zeros(0, dtype=torch.int64))
+    return LinearMap(torch.eye(d), torch.zeros(d), torch.zeros(0, dtype=torch.int64))
 
 
 def test_mean_difference_equals_pooled_means_by_hand():

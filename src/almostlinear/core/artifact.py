@@ -34,16 +34,6 @@ from .errors import ArtifactError
 FORMAT_VERSION = 2
 HEADER_KEY = "almostlinear"
 _REGISTRY: dict[str, type[Artifact]] = {}
-# Kinds whose objects hold a variable set of tensors (a task vector: one per parameter) and so are
-# not dataclasses; they write the same header and read themselves back with ``load(path)``.
-_FILE_KINDS: dict[str, Any] = {}
-
-
-def register_file_kind(kind: str, cls: Any) -> None:
-    """Let :func:`load` rebuild ``kind`` through ``cls.load(path)``."""
-    if kind in _REGISTRY or _FILE_KINDS.get(kind, cls) is not cls:
-        raise ArtifactError(f"artifact kind {kind!r} is registered twice")
-    _FILE_KINDS[kind] = cls
 
 
 class FingerprintWarning(UserWarning):
@@ -135,6 +125,8 @@ class Artifact:
             _REGISTRY[kind] = cls
 
     def _split(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The tensors to store and the JSON fields; :meth:`_join` is the inverse. A class whose
+        tensors are not its fields (a task vector holds one per parameter) overrides both."""
         tensors, plain = {}, {}
         for f in dataclasses.fields(self):
             if f.name == "provenance":
@@ -145,6 +137,11 @@ class Artifact:
             else:
                 plain[f.name] = value
         return tensors, plain
+
+    @classmethod
+    def _join(cls, tensors: dict[str, torch.Tensor], fields: dict[str, Any], provenance: Provenance) -> Artifact:
+        """Rebuild an artifact from what :meth:`_split` stored."""
+        return cls(**tensors, **fields, provenance=provenance)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.safetensors`` file atomically (a temporary file, then a rename)."""
@@ -241,10 +238,8 @@ def load(path: str | os.PathLike) -> Artifact:
         header = _upgrade_v1(header)
     kind = header.get("kind")
     _import_families()
-    if kind in _FILE_KINDS:
-        return _FILE_KINDS[kind].load(path)
     if kind not in _REGISTRY:
-        raise ArtifactError(f"unknown artifact kind {kind!r} in {path}; known: {sorted(_REGISTRY | _FILE_KINDS)}")
+        raise ArtifactError(f"unknown artifact kind {kind!r} in {path}; known: {sorted(_REGISTRY)}")
     cls = _REGISTRY[kind]
     with safe_open(str(path), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
@@ -254,7 +249,7 @@ def load(path: str | os.PathLike) -> Artifact:
     fields = {k: v for k, v in fields.items() if k in names or k not in ("site", "layer", "sites", "positions")}
     try:
         provenance = Provenance(**header.get("provenance", {}))
-        return cls(**tensors, **fields, provenance=provenance)
+        return cls._join(tensors, fields, provenance)
     except TypeError as error:
         raise ArtifactError(f"{path} does not match {cls.__name__}: {error}") from error
 
@@ -262,7 +257,7 @@ def load(path: str | os.PathLike) -> Artifact:
 def registered_kinds() -> dict[str, Any]:
     """Every artifact kind :func:`load` can rebuild, with its class."""
     _import_families()
-    return {**_REGISTRY, **_FILE_KINDS}
+    return dict(_REGISTRY)
 
 
 def _import_families() -> None:

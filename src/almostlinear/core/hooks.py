@@ -201,6 +201,9 @@ class _Dispatcher:
                 if args:
                     new = self._run(slot, args[0])
                     return (new, *args[1:]), kwargs
+                if "hidden_states" not in kwargs:
+                    raise ShapeError(f"{type(_module).__name__} was called without a positional tensor or "
+                                     "hidden_states, so its input cannot be read at this site")
                 new = self._run(slot, kwargs["hidden_states"])
                 return args, {**kwargs, "hidden_states": new}
 
@@ -362,7 +365,8 @@ class Recording:
     def _store(self, site: Site, hidden: torch.Tensor, chosen: torch.Tensor, keep_full: bool) -> None:
         self._values[site].append(hidden.detach()[chosen])
         if keep_full:
-            self._full[site].append(hidden.detach())
+            # A copy: some blocks (Falcon) add into a sublayer's output in place after it is read.
+            self._full[site].append(hidden.detach().clone())
 
     def _key(self, site) -> Site:
         (key,) = as_sites(self._structure, site)
@@ -408,7 +412,7 @@ def record(model: nn.Module, sites, *, positions: Positions = "all", keep_full: 
         yield recording
 
 
-_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_key": 2, "mlp_out": 3, "resid_post": 4}
+_ORDER = {"resid_pre": 0, "attn_in": 1, "attn_out": 2, "mlp_in": 3, "mlp_key": 4, "mlp_out": 5, "resid_post": 6}
 
 
 def execution_order(site: Site) -> tuple[int, int]:

@@ -129,3 +129,38 @@ def last_token_rows(batch: Batch) -> torch.Tensor:
     return keep.nonzero()[:, 0]
 
 
+
+
+class CausalSection(Section):
+    """A section that needs a causal language model; ``causal_reason`` says why when it is skipped."""
+
+    causal_reason = "this section needs a causal language model"
+
+    def applicable(self, ctx: AuditContext) -> str | None:
+        return None if ctx.causal else self.causal_reason
+
+
+class SiteRows:
+    """Rows of one source's batches at ``sites``, gathered batch by batch.
+
+    :meth:`result` gives ``[sites, rows, d]`` (on the CPU, in ``dtype``) and each row's text index, in
+    arrival order; :meth:`add` keeps every row of a batch, or only ``rows`` (e.g. :func:`last_token_rows`).
+    """
+
+    def __init__(self, sites, dtype: torch.dtype = torch.float32) -> None:
+        self.sites, self.dtype = tuple(sites), dtype
+        self._parts: list[torch.Tensor] = []
+        self._index: list[torch.Tensor] = []
+
+    def add(self, batch: Batch, rows: torch.Tensor | None = None) -> None:
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows.to(t.device)])
+        self._parts.append(torch.stack([pick(batch.activations[s]).to(self.dtype).cpu() for s in self.sites]))
+        self._index.append(pick(batch.text_index).cpu())
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._parts:
+            raise EmptyDataError("no batch reached this section: its text source gave no rows")
+        return torch.cat(self._parts, dim=1), torch.cat(self._index)
+
+
+__all__ += ["CausalSection", "SiteRows"]

@@ -5,10 +5,19 @@ site           the tensor ``[batch, seq, d]``
 =============  ==========================================================================
 resid_pre      the residual stream entering block ``layer``
 resid_post     the residual stream leaving block ``layer`` (before any final norm)
+attn_in        what the attention of block ``layer`` reads: the input of the attention module,
+               i.e. the stream after the pre-attention norm (the block input without one)
 attn_out       what the attention of block ``layer`` writes: its output projection's output
+mlp_in         what the MLP of block ``layer`` reads: the input of the module holding the MLP
+               (after its pre-norm; in a parallel block such as GPT-NeoX's, the block input
+               through the MLP's own norm)
 mlp_out        what the MLP of block ``layer`` writes: its down projection's output
 mlp_key        the input of the MLP's down projection (``d_mlp`` wide): the keys ROME edits
 =============  ==========================================================================
+
+``attn_in`` to ``attn_out`` and ``mlp_in`` to ``mlp_out`` are each sublayer's input and output, so
+one pass can read what a sublayer maps to what. ``mlp_in`` needs one module holding the whole MLP
+(BERT splits it over two children, so it has no ``mlp_in``).
 
 ``attn_out`` and ``mlp_out`` are taken at the output projections so that they mean the same thing
 in pre-norm decoders and post-norm encoders: the vector the sublayer contributes, before any
@@ -26,7 +35,7 @@ from torch import nn
 from .errors import SiteError
 from .locate import Structure
 
-SITE_NAMES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_key")
+SITE_NAMES = ("resid_pre", "resid_post", "attn_in", "attn_out", "mlp_in", "mlp_out", "mlp_key")
 Point = Literal["input", "output"]
 
 
@@ -70,10 +79,20 @@ class Site:
             return block.module, "input"
         if self.name == "resid_post":
             return block.module, "output"
+        if self.name == "attn_in":
+            return block.attention, "input"
         if self.name == "attn_out":
             return block.attn_out_proj, "output"
-        if self.name == "mlp_out":
-            return block.mlp_down_proj, "output"
+        if self.name == "mlp_in":
+            if block.mlp is None:
+                raise SiteError(f"{self}: block {block.index} has no single module holding its MLP (e.g. BERT "
+                                "splits it over 'intermediate' and 'output'), so nothing reads the MLP input")
+            return block.mlp, "input"
+        if self.name == "mlp_out":  # a mixture of experts writes through its sparse block
+            return (block.mlp, "output") if block.moe else (block.mlp_down_proj, "output")
+        if block.moe:
+            raise SiteError(f"{self}: block {block.index} is a mixture of experts, so there is no single "
+                            "down projection whose input is the MLP keys; use mlp_out or a residual site")
         return block.mlp_down_proj, "input"
 
 

@@ -14,14 +14,11 @@ from typing import Any
 
 # torch and the editing maths are imported inside the commands: this module is imported whenever
 # the command-line parser is built.
-from ..core.errors import ArtifactError
+from ..clitools import load_artifact, load_model, say, set_threads
+from ..core.errors import ArtifactError, check_choice
 from .request import EditRequest, EditRequestError
 
 METHODS = ("rome", "memit", "alphaedit")
-
-
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
 
 
 def build_request(prompt: str, subject: str, target: str) -> EditRequest:
@@ -40,12 +37,6 @@ def build_request(prompt: str, subject: str, target: str) -> EditRequest:
     return EditRequest(prompt, subject, target)
 
 
-def _load(model: str | Any):
-    from ..core.models import LoadedModel, load
-
-    return model if isinstance(model, LoadedModel) else load(model, progress=_say)
-
-
 def _make_edit(loaded, request: EditRequest, method: str, layer: int | None, stats_tokens: int | None,
                progress: bool):
     from . import hparams_for
@@ -54,16 +45,16 @@ def _make_edit(loaded, request: EditRequest, method: str, layer: int | None, sta
     if method == "rome":
         from .rank_one import rome
 
-        hp = hparams_for(loaded.model, **overrides)
-        return rome(loaded.model, loaded.tokenizer, request, layer=layer, hparams=hp, progress=progress)
+        hp = hparams_for(loaded, **overrides)
+        return rome(loaded, loaded.tokenizer, request, layer=layer, hparams=hp, progress=progress)
     if method in ("memit", "alphaedit"):
         from .multi_layer import alphaedit, memit
 
         solve = memit if method == "memit" else alphaedit
         layers = None if layer is None else [layer]
-        hp = hparams_for(loaded.model, **overrides)
-        return solve(loaded.model, loaded.tokenizer, [request], layers=layers, hparams=hp, progress=progress)
-    raise EditRequestError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        hp = hparams_for(loaded, **overrides)
+        return solve(loaded, loaded.tokenizer, [request], layers=layers, hparams=hp, progress=progress)
+    check_choice(method, METHODS, "edit method")
 
 
 def _target_probability(loaded, request: EditRequest) -> float:
@@ -81,13 +72,12 @@ def edit_command(model: str | Any, prompt: str, subject: str, target: str, *, me
     """Compute one edit, print its effect on the prompt, save it to ``out``; returns the edit."""
     stream = stream or sys.stdout
     request = build_request(prompt, subject, target)
-    if method not in METHODS:
-        raise EditRequestError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    loaded = _load(model)
+    check_choice(method, METHODS, "edit method")
+    loaded = load_model(model)
     before = _target_probability(loaded, request)
-    _say(f"computing a {method} edit of {request.text!r} → {request.target!r}")
+    say(f"computing a {method} edit of {request.text!r} → {request.target!r}")
     edit = _make_edit(loaded, request, method, layer, stats_tokens, progress)
-    with edit.apply(loaded.model):
+    with edit.apply(loaded):
         after = _target_probability(loaded, request)
         edited = _greedy(loaded, request.text, 8)
     print(f"prompt: {request.text}", file=stream)
@@ -114,10 +104,9 @@ def _greedy(loaded, prompt: str, max_new_tokens: int) -> str:
 
 def load_edit(path: str):
     """Read an edit file; any other artifact kind is a clear error."""
-    from ..core.artifact import load
-    from .edit import LowRankEdit
+    from .artifact import LowRankEdit
 
-    artifact = load(path)
+    artifact = load_artifact(path)
     if not isinstance(artifact, LowRankEdit):
         raise ArtifactError(f"{path} holds a {artifact.kind!r}, not an edit (make one with 'almostlinear edit')")
     return artifact
@@ -130,7 +119,7 @@ def generate_command(model: str | Any, edit_path: str, prompts: list[str], *, ma
 
     stream = stream or sys.stdout
     edit = load_edit(edit_path)
-    loaded = _load(model)
+    loaded = load_model(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FingerprintWarning)
         edit.check_model(loaded.fingerprint, strict=strict)
@@ -139,7 +128,7 @@ def generate_command(model: str | Any, edit_path: str, prompts: list[str], *, ma
     rows = []
     for prompt in prompts:
         without = _greedy(loaded, prompt, max_new_tokens)
-        with edit.apply(loaded.model, strict=strict):
+        with edit.apply(loaded, strict=strict):
             edited = _greedy(loaded, prompt, max_new_tokens)
         rows.append((without, edited))
         print(f"prompt:    {prompt}", file=stream)
@@ -149,30 +138,22 @@ def generate_command(model: str | Any, edit_path: str, prompts: list[str], *, ma
     return rows
 
 
-def _threads(value: int | None) -> None:
-    import os
-
-    import torch
-
-    torch.set_num_threads(value or max(1, os.cpu_count() or 1))
-
-
 def cmd_edit(args: argparse.Namespace) -> int:
-    _threads(args.threads)
+    set_threads(args.threads)
     edit_command(args.model, args.prompt, args.subject, args.target, method=args.method, layer=args.layer,
                  out=args.out, stats_tokens=args.stats_tokens, progress=args.progress)
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    _threads(args.threads)
+    set_threads(args.threads)
     generate_command(args.model, args.edit, args.prompt, max_new_tokens=args.max_new_tokens, strict=args.strict)
     return 0
 
 
 def register(sub) -> None:
     """Add ``edit`` and ``generate`` to an argparse sub-parsers object."""
-    from ..core.models import DEFAULT_MODEL
+    from ..core.defaults import DEFAULT_MODEL
 
     edit = sub.add_parser("edit", help="rewrite one fact in the weights (ROME/MEMIT/AlphaEdit) and save the edit")
     edit.add_argument("--subject", required=True, help='the subject, e.g. "Eiffel Tower"')

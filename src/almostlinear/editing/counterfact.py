@@ -16,9 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import AlmostLinearError, EmptyDataError
+from ..core.errors import AlmostLinearError, EmptyDataError, check_choice
+from ..core.tokens import first_answer_token
 from ..data.facts import CAPITAL_OF_COUNTRY, CITY_IN_COUNTRY, Fact, city_country_facts, country_capital_facts
 from ..data.known import known_facts
+from .access import unpack
 from .request import EditRequest
 
 
@@ -113,17 +115,6 @@ class CounterfactCase:
         }
 
 
-def _first_piece(tokenizer: Any, context: str, answer: str) -> int:
-    head = tokenizer(context, add_special_tokens=False)["input_ids"]
-    full = tokenizer(f"{context} {answer}", add_special_tokens=False)["input_ids"]
-    i = 0
-    while i < min(len(head), len(full)) and head[i] == full[i]:
-        i += 1
-    if i >= len(full):
-        raise AlmostLinearError(f"the answer {answer!r} adds no token after {context!r}")
-    return int(full[i])
-
-
 def counterfact_cases(
     model: Any,
     tokenizer: Any,
@@ -151,9 +142,9 @@ def counterfact_cases(
     neighbours are dropped; ``max_per_answer`` caps the cases sharing one true answer (the largest
     cities are dominated by a few countries). The same inputs and seed give the same cases.
     """
-    spec = relation if isinstance(relation, Relation) else RELATIONS.get(relation)
-    if spec is None:
-        raise AlmostLinearError(f"unknown relation {relation!r}; known: {sorted(RELATIONS)}")
+    spec = relation if isinstance(relation, Relation) else RELATIONS[check_choice(relation, sorted(RELATIONS), "relation")]
+    view, tokenizer = unpack(model, tokenizer)  # a module or a LoadedModel
+    model = view.module
     if n_cases < 1:
         raise AlmostLinearError(f"n_cases must be >= 1, got {n_cases}")
     if n_paraphrases < 1 or n_paraphrases > len(spec.prompts) - 1:
@@ -171,7 +162,7 @@ def counterfact_cases(
         raise EmptyDataError(f"the model ranks the true answer first for none of the {len(pool)} candidate facts")
 
     context = spec.prompts[0].format(known[0].subject)
-    first = {a: _first_piece(tokenizer, context, a) for a in sorted({f.answer for f in pool})}
+    first = {a: first_answer_token(tokenizer, context, a) for a in sorted({f.answer for f in pool})}
     # An answer the tokenizer only knows as its unknown token cannot be told from another one.
     unknown = getattr(tokenizer, "unk_token_id", None)
     pool = [f for f in pool if first[f.answer] != unknown]

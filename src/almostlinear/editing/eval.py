@@ -21,7 +21,6 @@ changes the model and restores it on exit.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import re
 import time
@@ -32,7 +31,10 @@ from typing import Any, Protocol
 
 import torch
 
-from ..core.errors import AlmostLinearError, EmptyDataError
+from ..core.digest import digest, tensor_digest
+from ..core.errors import AlmostLinearError, EmptyDataError, check_choice
+from ..core.tokens import continuation_ids
+from .access import unpack
 from .counterfact import CounterfactCase
 from .request import EditRequest
 
@@ -54,36 +56,6 @@ Editor = Callable[[list[EditRequest]], Applicable]
 # --------------------------------------------------------------------------- scoring
 
 
-def _strip_trailing_specials(ids: list[int], special: set[int]) -> list[int]:
-    while ids and ids[-1] in special:
-        ids = ids[:-1]
-    return ids
-
-
-def continuation(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[int]]:
-    """``(context_ids, target_ids)`` for ``prompt + " " + target``.
-
-    Both strings are encoded together and split where they stop agreeing with the prompt alone, so
-    a tokenizer that marks spaces inside a token (byte-level BPE "ĠParis", SentencePiece "▁Paris")
-    gets the ids it would produce in running text. A BOS token the tokenizer adds stays in the context.
-    """
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    pad = getattr(tokenizer, "pad_token_id", None)
-    special.discard(getattr(tokenizer, "bos_token_id", None))
-    if pad is not None:
-        special.add(pad)
-    head = _strip_trailing_specials(list(tokenizer(prompt)["input_ids"]), special)
-    full = _strip_trailing_specials(list(tokenizer(f"{prompt} {target}")["input_ids"]), special)
-    i = 0
-    while i < min(len(head), len(full)) and head[i] == full[i]:
-        i += 1
-    if i >= len(full):
-        raise AlmostLinearError(f"the target {target!r} adds no token after {prompt!r}")
-    if i == 0:
-        raise AlmostLinearError(f"the prompt {prompt!r} encodes to nothing the target can follow")
-    return full[:i], full[i:]
-
-
 def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
@@ -101,7 +73,7 @@ def target_nll(
         raise AlmostLinearError(f"{len(prompts)} prompts but {len(targets)} targets")
     if not prompts:
         return torch.zeros(0, dtype=torch.float64)
-    pairs = [continuation(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    pairs = [continuation_ids(tokenizer, p, t) for p, t in zip(prompts, targets)]
     # A pair needs the model to read context + target[:-1]; identical inputs are run once.
     inputs: dict[tuple[int, ...], int] = {}
     for ctx, tgt in pairs:
@@ -325,13 +297,8 @@ def fluency(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_token
 
 
 def weights_digest(model: Any) -> str:
-    """SHA-256 of every parameter and buffer, bit for bit: equal digests mean an exact restore."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
-                      if tensor.numel() else b"")
-    return digest.hexdigest()
+    """Digest of every parameter and buffer, bit for bit: equal digests mean an exact restore."""
+    return digest(*(f"{name}={tensor_digest(tensor)};" for name, tensor in model.state_dict().items()))
 
 
 @dataclass
@@ -415,10 +382,10 @@ def evaluate_edits(
     ``fluency_cases`` > 0 samples the first that many cases' generation prompts before and with the
     edits (GE). ``on_edit(cases, edit)`` runs while an edit is applied and may return extra per-case
     numbers (e.g. predicted versus observed neighbour bleed). With ``check_restore`` the weights are
-    hashed before and after, and ``restored`` says whether every bit came back.
+    hashed before and after, and ``restored`` says whether every bit came back. ``model`` is a
+    module or a ``LoadedModel`` (whose tokenizer serves when ``tokenizer`` is None).
     """
-    if protocol not in PROTOCOLS:
-        raise AlmostLinearError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    check_choice(protocol, PROTOCOLS, "protocol")
     if batch_size < 1:
         raise AlmostLinearError(f"batch_size must be >= 1, got {batch_size}")
     cases = list(cases)
@@ -426,6 +393,8 @@ def evaluate_edits(
         raise EmptyDataError("no cases to evaluate; build some with counterfact_cases()")
     if protocol == "single" and batch_size != 1:
         raise AlmostLinearError("the single protocol edits one case at a time; use protocol='batch'")
+    view, tokenizer = unpack(model, tokenizer)
+    model = view.module
     began = time.perf_counter()
     before = weights_digest(model) if check_restore else None
     bar = _bar(len(cases), f"{protocol} edits", progress)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-from torch import nn
-
-from ..core.locate import Structure, locate
+from ..core.lever import as_model
+from ..core.locate import Structure
 
 # Edit layers across published configurations sit at 15-35 % of the depth (GPT-J 5/28, Llama 5/32,
 # GPT-2 XL 17/48, GPT-2 M 8/24; arXiv 2202.05262 and the released hparams). On SmolLM2-135M a sweep
@@ -56,17 +56,18 @@ class EditHyperParams:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _structure(model: nn.Module | Structure) -> Structure:
-    return model if isinstance(model, Structure) else locate(model)
+def _structure(model: Any) -> Structure:
+    """A structure as given, or that of a module or ``LoadedModel``."""
+    return model if isinstance(model, Structure) else as_model(model).structure
 
 
-def default_layer(model: nn.Module | Structure) -> int:
+def default_layer(model: Any) -> int:
     """The ROME layer: ``DEFAULT_DEPTH`` of the depth (layer 3 of SmolLM2's 30)."""
     structure = _structure(model)
     return min(structure.n_layers - 1, max(0, round(DEFAULT_DEPTH * structure.n_layers)))
 
 
-def default_layers(model: nn.Module | Structure, width: int = 5) -> tuple[int, ...]:
+def default_layers(model: Any, width: int = 5) -> tuple[int, ...]:
     """MEMIT/AlphaEdit layers: ``width`` consecutive layers ending at the ROME layer, as MEMIT
     ends its range at the causal-tracing peak (GPT-J [3..8] with ROME at 5)."""
     structure = _structure(model)
@@ -75,7 +76,7 @@ def default_layers(model: nn.Module | Structure, width: int = 5) -> tuple[int, .
     return tuple(range(first, last + 1))
 
 
-def hparams_for(model: nn.Module | Structure, **overrides) -> EditHyperParams:
+def hparams_for(model: Any, **overrides) -> EditHyperParams:
     """Defaults for this model's size (layers from its depth), with ``overrides`` applied."""
     structure = _structure(model)
     # MEMIT's λ weighs λ C against k kᵀ; for keys drawn like C's own, E[kᵀC⁻¹k] = d_mlp, so a layer

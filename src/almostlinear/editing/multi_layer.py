@@ -11,22 +11,24 @@ preserved keys' second moment so that ``ΔW k0 = 0`` for them. The model is rest
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch import nn
 
 from ..core.artifact import Provenance, Where
+from ..core.digest import tensor_digest
 from ..core.errors import EmptyDataError, ShapeError
-from ..core.locate import linear_weight, locate
+from ..core.lever import parameter_name, temporarily_changed
+from ..core.locate import linear_weight
 from ..core.models import fingerprint as model_fingerprint
 from ..core.sites import Site
-from .identity import base_fingerprint
-from .edit import LowRankEdit, weight_hash
+from .access import dense_down_proj, unpack
+from .artifact import SITE, KeyStatistics, LowRankEdit
 from .hparams import EditHyperParams, hparams_for
 from .request import EditRequest, EditRequestError
 from .rank_one import _request_dict
 from .solvers import alphaedit_update, memit_update, null_space
-from .stats import KeyStatistics, key_statistics
+from .stats import key_statistics
 from .subject import read_at_subject
 from .templates import context_templates
 from .tokens import target_ids
@@ -57,34 +59,35 @@ def _preserved_gram(previous: Sequence[LowRankEdit], layer: int, dim: int) -> to
     return gram
 
 
-def _batch_edit(model: nn.Module, tokenizer, requests: Sequence[EditRequest], *, layers, stats, hparams,
+def _batch_edit(model: Any, tokenizer, requests: Sequence[EditRequest], *, layers, stats, hparams,
                 method: str, previous: Sequence[LowRankEdit], progress: bool) -> LowRankEdit:
     requests = list(requests)
     if not requests:
         raise EmptyDataError("no edit requests given")
+    view, tokenizer = unpack(model, tokenizer)
+    model, structure = view.module, view.structure
     for r in requests:
         if not isinstance(r, EditRequest):
             raise EditRequestError(f"expected EditRequest objects, got {type(r).__name__}")
         target_ids(tokenizer, r.target)
-    structure = locate(model)
     hp = hparams or hparams_for(structure)
     chosen = layers if layers is not None else (hp.layers or hparams_for(structure).layers)
     layers = sorted({structure.block(int(l)).index for l in chosen})
+    modules = [dense_down_proj(structure, l) for l in layers]  # refuses mixture-of-experts blocks first
     fp = model_fingerprint(model)
-    stats = _stats_for(model, tokenizer, layers, stats, hp, progress)
+    stats = _stats_for(view, tokenizer, layers, stats, hp, progress)
     templates = context_templates(model, tokenizer, lengths=hp.prefix_lengths, n=hp.n_prefixes, seed=hp.seed,
-                                  cache_key=base_fingerprint(model))
+                                  cache_key=view.fingerprint)
     z_site = Site("resid_post", layers[-1])
     results = optimise_deltas(model, tokenizer, requests, z_site, templates, hp, structure=structure, lr=hp.z_lr,
                               clamp_norm_factor=hp.z_clamp_norm_factor, progress=progress)
     deltas = torch.stack([res.delta for res in results])  # [n, d_model]
     z = read_at_subject(model, tokenizer, requests, templates, [z_site], structure=structure)[z_site].mean(1) + deltas
 
-    modules = [structure.block(l).mlp_down_proj for l in layers]
-    base_hashes = [weight_hash(m.weight) for m in modules]
-    saved = [m.weight.detach().clone() for m in modules]
+    base_hashes = [tensor_digest(m.weight) for m in modules]
     a_list, b_list, key_list, per_layer = [], [], [], []
-    try:
+    # each layer's update is solved with the earlier ones in place; the weights come back bit for bit
+    with temporarily_changed(view, [parameter_name(model, m.weight) for m in modules], lambda: None):
         for i, (layer, module) in enumerate(zip(layers, modules)):
             key_site = Site("mlp_key", layer)
             read = read_at_subject(model, tokenizer, requests, templates, [key_site, z_site], structure=structure)
@@ -111,10 +114,6 @@ def _batch_edit(model: nn.Module, tokenizer, requests: Sequence[EditRequest], *,
             per_layer.append(info)
         final = read_at_subject(model, tokenizer, requests, templates, [z_site], structure=structure)[z_site].mean(1)
         reached = 1.0 - float((z - final).norm(dim=-1).mean() / deltas.norm(dim=-1).mean().clamp_min(1e-12))
-    finally:
-        with torch.no_grad():
-            for module, original in zip(modules, saved):
-                module.weight.copy_(original)
     diagnostics = {
         "layers": per_layer, "target_reached": reached, "n_templates": len(templates),
         "mean_delta_norm": float(deltas.norm(dim=-1).mean()),
@@ -124,20 +123,19 @@ def _batch_edit(model: nn.Module, tokenizer, requests: Sequence[EditRequest], *,
         "n_previous": len(previous),
     }
     provenance = Provenance(
-        model_fingerprint=fp, where=Where.at(str(Site("mlp_out", layers[-1])), layers[-1]), method=method,
-        data_hash=",".join(stats[l].content_hash for l in layers),
-        units="ΔW = b @ a per layer on the down projection, [out, in]",
+        model_fingerprint=fp, where=Where(SITE, tuple(layers)), method=method,
+        data_hash=",".join(stats[l].content_hash for l in layers), units="raw",
         extra={"hparams": hp.replace(layers=tuple(layers)).to_dict()},
     )
     return LowRankEdit(
-        layers=list(layers), a=torch.stack(a_list), b=torch.stack(b_list), keys=torch.stack(key_list),
+        a=torch.stack(a_list), b=torch.stack(b_list), keys=torch.stack(key_list),
         base_hashes=base_hashes, stats_hashes=[stats[l].content_hash for l in layers],
         requests=[_request_dict(r) for r in requests], method=method, diagnostics=diagnostics,
         provenance=provenance,
     )
 
 
-def memit(model: nn.Module, tokenizer, requests: Sequence[EditRequest], *, layers: Sequence[int] | None = None,
+def memit(model: Any, tokenizer, requests: Sequence[EditRequest], *, layers: Sequence[int] | None = None,
           stats: dict[int, KeyStatistics] | None = None, hparams: EditHyperParams | None = None,
           previous: Sequence[LowRankEdit] = (), progress: bool = False) -> LowRankEdit:
     """One low-rank edit writing all ``requests`` across ``layers`` (default: five ending at the ROME
@@ -146,7 +144,7 @@ def memit(model: nn.Module, tokenizer, requests: Sequence[EditRequest], *, layer
                        previous=previous, progress=progress)
 
 
-def alphaedit(model: nn.Module, tokenizer, requests: Sequence[EditRequest], *, layers: Sequence[int] | None = None,
+def alphaedit(model: Any, tokenizer, requests: Sequence[EditRequest], *, layers: Sequence[int] | None = None,
               stats: dict[int, KeyStatistics] | None = None, hparams: EditHyperParams | None = None,
               previous: Sequence[LowRankEdit] = (), progress: bool = False) -> LowRankEdit:
     """Like :func:`memit`, with each layer's update confined to the null space of ``C``'s smallest

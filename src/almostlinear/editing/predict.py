@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
 
 from ..core.collect import model_device
 from ..core.hooks import record
-from ..core.locate import locate
 from ..core.sites import Site
-from .edit import LowRankEdit
+from .access import refuse_moe, unpack
+from .artifact import LowRankEdit
 from .request import EditRequest, EditRequestError
 from .subject import Prompt, encode
 from .tokens import locate_subject, pad_id, pad_right, target_ids
@@ -61,18 +61,22 @@ def _as_prompt(tokenizer, item) -> tuple[str, str, Prompt]:
     raise EditRequestError(f"expected an EditRequest or a (prompt, subject) pair, got {item!r}")
 
 
-def predicted_shift(edit: LowRankEdit, model: nn.Module, tokenizer, prompts: Sequence, *,
+def predicted_shift(edit: LowRankEdit, model: Any, tokenizer, prompts: Sequence, *,
                     target: str | None = None, strict: bool = True) -> list[ShiftPrediction]:
     """Predicted ``ΔW k_n`` beside the observed change, for each prompt and edited layer.
 
     ``prompts`` are :class:`EditRequest` objects or ``(prompt, subject)`` pairs (a prompt with
     ``{}`` or a text containing the subject). ``target`` (default: the edit's first target) is
-    the continuation whose log-probability is reported before and after the edit.
+    the continuation whose log-probability is reported before and after the edit. ``model`` is a
+    module or a ``LoadedModel`` (whose tokenizer serves when ``tokenizer`` is None).
     """
+    view, tokenizer = unpack(model, tokenizer)
+    model, structure = view.module, view.structure
+    for layer in edit.layers:
+        refuse_moe(structure, layer)
     items = [_as_prompt(tokenizer, p) for p in prompts]
     if not items:
         raise EditRequestError("no prompts given")
-    structure = locate(model)
     target = target if target is not None else (edit.requests[0]["target"] if edit.requests else None)
     tail = target_ids(tokenizer, target) if target else []
     rows = [p.ids + tail for _, _, p in items]

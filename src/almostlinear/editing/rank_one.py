@@ -12,14 +12,15 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
 from ..core.artifact import Provenance, Where
-from ..core.locate import linear_weight, locate
+from ..core.digest import tensor_digest
+from ..core.locate import linear_weight
 from ..core.models import fingerprint as model_fingerprint
 from ..core.sites import Site
-from .identity import base_fingerprint
-from .edit import RankOneEdit, weight_hash
+from .access import dense_down_proj, unpack
+from .artifact import SITE, RankOneEdit
 from .hparams import EditHyperParams, hparams_for
 from .request import EditRequest, EditRequestError
 from .solvers import rank_one_update
@@ -40,37 +41,39 @@ def _check_request(request) -> EditRequest:
     return request
 
 
-def rome(model: nn.Module, tokenizer, request: EditRequest, *, layer: int | None = None,
+def rome(model: Any, tokenizer, request: EditRequest, *, layer: int | None = None,
          stats: KeyStatistics | None = None, hparams: EditHyperParams | None = None,
          progress: bool = False) -> RankOneEdit:
     """A rank-one edit that makes ``model`` complete ``request.text`` with ``request.target``.
 
     ``layer`` defaults to ``hparams.layer`` or :func:`~.hparams.default_layer`; ``stats`` to
     :func:`~.stats.key_statistics` at that layer (cached). The model is not changed: use
-    ``edit.apply(model)`` or ``edit.bake_(model)``.
+    ``edit.apply(model)`` or ``edit.bake_(model)``. ``model`` is a module or a ``LoadedModel`` (whose
+    tokenizer serves when ``tokenizer`` is None); a mixture-of-experts block is refused.
     """
     request = _check_request(request)
-    structure = locate(model)
+    view, tokenizer = unpack(model, tokenizer)
+    model, structure = view.module, view.structure
     hp = hparams or hparams_for(structure)
     layer = layer if layer is not None else (hp.layer if hp.layer is not None else hparams_for(structure).layer)
     layer = structure.block(layer).index
+    module = dense_down_proj(structure, layer)
     target_ids(tokenizer, request.target)  # a clear error before any work
     fp = model_fingerprint(model)
     if stats is None:
-        stats = key_statistics(model, tokenizer, layer, n_tokens=hp.stats_tokens, progress=progress)
+        stats = key_statistics(view, tokenizer, layer, n_tokens=hp.stats_tokens, progress=progress)
     if stats.dim != structure.d_mlp:
         raise EditRequestError(f"the statistics are {stats.dim} wide but layer {layer}'s keys are {structure.d_mlp}")
     if stats.layer != layer:
         raise EditRequestError(f"the statistics are for layer {stats.layer}, the edit is at layer {layer}")
     templates = context_templates(model, tokenizer, lengths=hp.prefix_lengths, n=hp.n_prefixes, seed=hp.seed,
-                                  cache_key=base_fingerprint(model))
+                                  cache_key=view.fingerprint)
     key_site = Site("mlp_key", layer)
     keys = read_at_subject(model, tokenizer, [request], templates, [key_site], structure=structure)[key_site]
     key = keys[0].mean(0)  # [d_in], averaged over templates
     value = optimise_delta(model, tokenizer, request, Site("mlp_out", layer), templates, hp, structure=structure,
                            progress=progress)
     v, u = rank_one_update(stats.c, key, value.delta, relative_ridge=hp.ridge)
-    module = structure.block(layer).mlp_down_proj
     weight = linear_weight(module).detach().double().cpu()
     bias = getattr(module, "bias", None)
     current = weight @ key + (bias.detach().double().cpu() if bias is not None else 0.0)
@@ -85,13 +88,12 @@ def rome(model: nn.Module, tokenizer, request: EditRequest, *, layer: int | None
         "u_split_half_cosine": float(stats.whitening_agreement(key[None], relative_ridge=hp.ridge)[0]),
     }
     provenance = Provenance(
-        model_fingerprint=fp, where=Where.at(str(Site("mlp_out", layer)), layer), method="rome (r-ROME key)",
-        data_hash=stats.content_hash, units="ΔW = v uᵀ on the down projection, [out, in]",
-        extra={"hparams": hp.replace(layer=layer).to_dict()},
+        model_fingerprint=fp, where=Where(SITE, (layer,)), method="rome (r-ROME key)",
+        data_hash=stats.content_hash, units="raw", extra={"hparams": hp.replace(layer=layer).to_dict()},
     )
     return RankOneEdit(
-        layers=[layer], a=u.float()[None, None], b=v.float()[None, :, None], keys=key.float()[None, None],
-        base_hashes=[weight_hash(module.weight)], stats_hashes=[stats.content_hash],
+        a=u.float()[None, None], b=v.float()[None, :, None], keys=key.float()[None, None],
+        base_hashes=[tensor_digest(module.weight)], stats_hashes=[stats.content_hash],
         requests=[_request_dict(request)], method="rome", diagnostics=diagnostics,
         value=(current + value.delta).float(), provenance=provenance,
     )

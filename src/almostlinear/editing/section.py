@@ -19,28 +19,30 @@ from typing import Any
 
 import torch
 
-from ..core.section import AuditContext, Budget, Need, Section
-from ..core.report import Figure, Metric, SectionResult, Series
-from ..core.artifact import Provenance, Where
+from ..core.artifact import Provenance
 from ..core.collect import Batch
-from ..core.errors import EmptyDataError
+from ..core.errors import AlmostLinearError, EmptyDataError, LeverError
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Need, Section
 from ..core.sites import Site
 from ..data.facts import Fact
+from .access import dense_down_proj, refuse_moe
+from .artifact import KeyStatistics
 from .counterfact import CITY_IN_COUNTRY, CounterfactCase, Relation, counterfact_cases
 from .eval import ROME_GPT2_MEDIUM, ROME_SOURCE, EditEvaluation, evaluate_edits, rank_correlation, weights_digest
 from .hparams import hparams_for
 from .moments import SecondMoment
 from .request import EditRequest
-from .stats import KeyStatistics, _from_moments
+from .stats import _from_moments
 
 # GPT-2 Medium unedited NS 74.9 vs ROME 71.8 (arXiv 2202.05262, Table 5): the neighbourhood cost of one edit.
 ROME_NS_DROP = 71.8 - 74.9
 
 
-def _settings(budget: Budget) -> dict[str, Any]:
+def _settings(quick: bool) -> dict[str, Any]:
     """Quick: 3 edits, 12 value steps over 3 templates (about 35 s at one torch thread on SmolLM2-135M);
     full: 10 edits with ROME's settings (25 steps, 11 templates)."""
-    if budget.fact_candidates <= Budget.quick().fact_candidates:
+    if quick:
         return {"edits": 3, "neighbours": 5, "candidates": 60, "hparams": {"n_prefixes": 1, "v_steps": 12}}
     return {"edits": 10, "neighbours": 10, "candidates": 200, "hparams": {}}
 
@@ -92,11 +94,16 @@ class EditingSection(Section):
         self.hparams = dict(hparams or {})
         if {"layer", "layers"} & set(self.hparams):
             # the key statistics are gathered at the default layer during the audit's shared pass
-            raise ValueError("the editing section edits at the default layer; 'layer' cannot be overridden")
+            raise AlmostLinearError("the editing section edits at the default layer; 'layer' cannot be overridden "
+                                    "(run rome(..., layer=...) yourself to edit another one)")
 
     def applicable(self, ctx: AuditContext) -> str | None:
         if not ctx.causal:
             return "fact edits need a causal language model"
+        try:
+            refuse_moe(ctx.structure, int(hparams_for(ctx.structure).layer))
+        except LeverError as error:
+            return str(error)
         return None
 
     def needs(self, ctx: AuditContext) -> list[Need]:
@@ -113,16 +120,15 @@ class EditingSection(Section):
         self.halves[1].update(keys[odd])
 
     def _statistics(self, ctx: AuditContext) -> KeyStatistics:
-        provenance = Provenance(model_fingerprint=ctx.loaded.fingerprint, where=Where.at(str(self.site), self.layer),
-                                method="uncentred second moment, float64", data_hash="audit neutral texts",
-                                units="activation² (per token)")
+        provenance = Provenance(model_fingerprint=ctx.loaded.fingerprint, method="uncentred second moment, float64",
+                                data_hash="audit neutral texts")
         return _from_moments(*self.halves, self.layer, "audit:neutral", provenance)
 
     def finish(self, ctx: AuditContext) -> SectionResult:
         from .rank_one import rome
 
         result = SectionResult(self.id, self.title)
-        settings = _settings(ctx.budget)
+        settings = _settings(ctx.quick)
         if self.edits is not None:
             settings["edits"] = self.edits
         settings["hparams"].update(self.hparams)
@@ -182,11 +188,11 @@ class EditingSection(Section):
     def _bake_and_undo(model, edit, structure) -> bool:
         # Two full digests prove the exact restore; whether bake_ wrote anything only needs the edited weight.
         before = weights_digest(model)
-        weight = structure.block(edit.layer).mlp_down_proj.weight
+        weight = dense_down_proj(structure, edit.layer).weight
         original = weight.detach().clone()
-        edit.bake_(model, structure=structure)
+        baked = edit.bake_(model, structure=structure)
         changed = not torch.equal(weight, original)
-        edit.undo_(model, structure=structure)
+        baked.undo_()
         return changed and weights_digest(model) == before
 
     @staticmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import NonFiniteError, ShapeError
+from ..core.errors import AlmostLinearError, NonFiniteError, ShapeError
 
 
 def ridge(c: torch.Tensor, relative: float) -> torch.Tensor:
@@ -83,7 +83,7 @@ def null_space(c: torch.Tensor, *, energy: float) -> tuple[torch.Tensor, int]:
     stays within ``energy · tr(C)``. Returns ``(P, dimension)``.
     """
     if not 0.0 <= energy < 1.0:
-        raise ValueError(f"energy must be in [0, 1), got {energy}")
+        raise AlmostLinearError(f"energy must be in [0, 1), got {energy}: it is the share of C's trace to keep free")
     values, vectors = torch.linalg.eigh(c.double())
     values = values.clamp_min(0.0)
     running = torch.cumsum(values, 0)  # eigh sorts ascending

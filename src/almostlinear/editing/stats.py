@@ -9,101 +9,28 @@ fingerprint, layer, a hash of the source, token budget and context length, never
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
-import torch
 from torch import nn
 
-from ..core.artifact import Artifact, ArtifactError, Provenance, Where
+from ..core.artifact import ArtifactError, Provenance, Where
 from ..core.collect import stream
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.digest import digest
+from ..core.errors import EmptyDataError
 from ..core.locate import Structure, locate
 from ..core.paths import cache_dir
 from ..core.sites import Site
-from .identity import base_fingerprint
-from .moments import SecondMoment, relative_difference
+from .access import refuse_moe, unpack
+from .artifact import KeyStatistics
+from .moments import SecondMoment
 
 MAX_LENGTH = 128
 NEUTRAL_NEW_TOKENS = 64
-
-
-@dataclass(frozen=True)
-class KeyStatistics(Artifact):
-    """Second moment of the keys at one layer, with the split-half stability of the estimate.
-
-    ``c`` is ``[d_mlp, d_mlp]`` float64, the per-token mean of ``k kᵀ``; ``half_a``/``half_b``
-    (float32) are the moments of the two halves (texts alternate), for the stability figures.
-    """
-
-    kind = "editing.key_statistics"
-
-    c: torch.Tensor
-    half_a: torch.Tensor
-    half_b: torch.Tensor
-    n_a: int
-    n_b: int
-    layer: int
-    source: str
-
-    def __post_init__(self) -> None:
-        if self.c.dim() != 2 or self.c.shape[0] != self.c.shape[1]:
-            raise ShapeError(f"C must be square, got {tuple(self.c.shape)}")
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n_a + self.n_b
-
-    @property
-    def dim(self) -> int:
-        return self.c.shape[0]
-
-    @property
-    def stability(self) -> float:
-        """``‖C_A − C_B‖_F / ‖C‖_F`` between the two halves; shrinks like ``1/√n``.
-
-        For a near-isotropic ``C`` sampling noise alone gives about ``√(2 d / n)`` (0.55 for
-        SmolLM2's d = 1536 from 10,000 tokens per half), so layers whose ``C`` is dominated by a
-        few directions look steadier; what an edit needs is :meth:`whitening_agreement`.
-        """
-        return relative_difference(self.half_a.double(), self.half_b.double(), self.c)
-
-    @property
-    def content_hash(self) -> str:
-        """Hash of ``C`` itself, recorded in every edit made with it."""
-        return "sha256:" + hashlib.sha256(self.c.contiguous().numpy().tobytes()).hexdigest()[:16]
-
-    def condition_number(self) -> float:
-        values = torch.linalg.eigvalsh(self.c)
-        return float(values[-1] / values[0].clamp_min(1e-300))
-
-    def whitening_agreement(self, keys: torch.Tensor, *, relative_ridge: float = 1e-4) -> torch.Tensor:
-        """Cosine between ``C_A⁻¹k`` and ``C_B⁻¹k`` for each key row: does the edit direction
-        ``u`` depend on which half of the text the statistics came from?"""
-        from .solvers import whitened_key
-
-        keys = keys.double().reshape(-1, self.dim)
-        ua = torch.stack([whitened_key(self.half_a.double(), k, relative_ridge=relative_ridge) for k in keys])
-        ub = torch.stack([whitened_key(self.half_b.double(), k, relative_ridge=relative_ridge) for k in keys])
-        return torch.nn.functional.cosine_similarity(ua, ub, dim=-1)
-
-    def merge(self, other: KeyStatistics) -> KeyStatistics:
-        """Statistics of both sources together (token-weighted), halves merged pairwise."""
-        if other.dim != self.dim or other.layer != self.layer:
-            raise ShapeError(
-                f"cannot merge statistics of layer {self.layer} width {self.dim} with layer {other.layer} "
-                f"width {other.dim}"
-            )
-        na, nb = self.n_a + other.n_a, self.n_b + other.n_b
-        half_a = (self.half_a.double() * self.n_a + other.half_a.double() * other.n_a) / max(na, 1)
-        half_b = (self.half_b.double() * self.n_b + other.half_b.double() * other.n_b) / max(nb, 1)
-        c = (self.c * self.n_tokens + other.c * other.n_tokens) / (self.n_tokens + other.n_tokens)
-        return KeyStatistics(c=c, half_a=half_a.float(), half_b=half_b.float(),
-                             n_a=na, n_b=nb, layer=self.layer, source=f"{self.source}+{other.source}",
-                             provenance=self.provenance)
 
 
 def _from_moments(a: SecondMoment, b: SecondMoment, layer: int, source: str, provenance: Provenance) -> KeyStatistics:
@@ -112,10 +39,10 @@ def _from_moments(a: SecondMoment, b: SecondMoment, layer: int, source: str, pro
             "key statistics need at least two texts (one per half) with tokens; pass more texts"
         )
     whole = a.merge(b)
+    provenance = dataclasses.replace(provenance, where=Where.at("mlp_key", layer))
     # The halves serve the stability figures only, so float32 halves the file at no cost to C.
     return KeyStatistics(c=whole.moment(), half_a=a.moment().float(), half_b=b.moment().float(),
-                         n_a=a.count, n_b=b.count,
-                         layer=layer, source=source, provenance=provenance)
+                         n_a=a.count, n_b=b.count, source=source, provenance=provenance)
 
 
 def accumulate(model: nn.Module, tokenizer, texts: Sequence[str], layers: Sequence[int], *, n_tokens: int,
@@ -154,14 +81,11 @@ def accumulate(model: nn.Module, tokenizer, texts: Sequence[str], layers: Sequen
 
 
 def _texts_hash(texts: Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode())
-        digest.update(b"\0")
-    return "texts:sha256:" + digest.hexdigest()[:16]
+    return "texts:" + digest(*(part for text in texts for part in (text, b"\0")))
 
 
 def _cache_path(fp: str, layer: int, source: str, n_tokens: int, max_length: int):
+    # 20 hex digits of SHA-256, not the digest helper's 16: the names of files already cached
     ident = json.dumps([fp, layer, source, n_tokens, max_length, "v1"])
     return cache_dir("editing", "stats") / f"keys-{hashlib.sha256(ident.encode()).hexdigest()[:20]}.safetensors"
 
@@ -175,23 +99,27 @@ def default_texts(model: nn.Module, tokenizer, n_tokens: int, *, fp: str) -> tup
     return texts, f"neutral:n={n_texts}:new={NEUTRAL_NEW_TOKENS}:seed=0"
 
 
-def key_statistics(model: nn.Module, tokenizer, layer: int | Sequence[int], *, texts: Sequence[str] | None = None,
+def key_statistics(model: Any, tokenizer, layer: int | Sequence[int], *, texts: Sequence[str] | None = None,
                    n_tokens: int = 20_000, max_length: int = MAX_LENGTH, batch_size: int = 8,
                    cache: bool = True, progress: bool = False) -> KeyStatistics | dict[int, KeyStatistics]:
     """``E[k kᵀ]`` of the MLP keys at ``layer`` (or a dict for a list of layers), cached by content.
 
     ``texts`` defaults to text the model generates itself (cached per model fingerprint);
     ``n_tokens`` caps the tokens read. The FastMEMIT study (arXiv 2506.04226) finds 2-10 × d_mlp
-    keys enough for ROME/MEMIT; the default 20,000 is 13 × SmolLM2's 1536.
+    keys enough for ROME/MEMIT; the default 20,000 is 13 × SmolLM2's 1536. ``model`` is a module
+    or a ``LoadedModel`` (whose tokenizer serves when ``tokenizer`` is None).
     """
-    structure = locate(model)
+    view, tokenizer = unpack(model, tokenizer)
+    model, structure = view.module, view.structure
     many = not isinstance(layer, int)
     layers = [structure.block(int(l)).index for l in (layer if many else [layer])]
     if not layers:
         raise EmptyDataError("no layers given")
+    for l in layers:
+        refuse_moe(structure, l)
     if n_tokens < 2:
         raise EmptyDataError(f"n_tokens must be at least 2, got {n_tokens}")
-    fp = base_fingerprint(model)  # statistics of the unedited model, also while edits are applied
+    fp = view.fingerprint  # statistics of the unedited model, also while edits are applied
     if texts is not None:
         texts = list(texts)
         if not texts:
@@ -216,9 +144,8 @@ def key_statistics(model: nn.Module, tokenizer, layer: int | Sequence[int], *, t
         halves = accumulate(model, tokenizer, texts, missing, n_tokens=n_tokens, structure=structure,
                             batch_size=batch_size, max_length=max_length, progress=progress)
         for l in missing:
-            provenance = Provenance(model_fingerprint=fp, where=Where.at(str(Site("mlp_key", l)), l),
-                                    method="uncentred second moment, float64", data_hash=source,
-                                    units="activation² (per token)",
+            provenance = Provenance(model_fingerprint=fp, method="uncentred second moment, float64",
+                                    data_hash=source,
                                     extra={"n_tokens_requested": n_tokens, "max_length": max_length})
             stats = _from_moments(*halves[l], layer=l, source=source, provenance=provenance)
             found[l] = stats

@@ -8,7 +8,7 @@ from ..core.lazy import lazy_exports
 # Names resolve on first use (PEP 562), so importing ``almostlinear.erasure.cli`` to build the
 # command-line parser does not import torch through this package.
 _PUBLIC = {
-    "eraser": ("LeaceEraser", "stack"),
+    "artifact": ("LeaceEraser", "stack"),
     "evaluate": ("Guardedness", "erasure_cost", "guardedness", "probe_accuracy"),
     "fit": ("fit_eraser",),
     "leace": ("METHODS", "LeaceFitter", "as_concept", "erase", "leace_factors", "shrink_covariance", "whitening"),

@@ -16,10 +16,10 @@ import torch
 from ..core.collect import collect
 from ..core.errors import EmptyDataError, ShapeError
 from ..core.hooks import Positions
-from ..core.locate import locate
+from ..core.lever import as_model
 from ..probes.linear import accuracy, fit_linear
 from ..steering.cost import SideEffects, side_effects
-from .eraser import LeaceEraser
+from .artifact import LeaceEraser
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,6 @@ class Guardedness:
         return {**asdict(self), "excess_after": self.excess_after}
 
 
-def _unwrap(model, tokenizer):
-    if not isinstance(model, torch.nn.Module) and hasattr(model, "model"):
-        return model.model, tokenizer if tokenizer is not None else model.tokenizer
-    return model, tokenizer
-
-
 def probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                    *, method: str = "logistic") -> float:
     """Accuracy on the test part of a linear probe fitted on the training part."""
@@ -64,9 +58,9 @@ def guardedness(model, tokenizer, eraser: LeaceEraser, train: tuple[Sequence[str
     ``train`` and ``test`` are ``(texts, binary labels)``; the probe is refitted after erasure,
     so the number after is what a fresh linear probe can still read, not what the old one reads.
     """
-    module, tokenizer = _unwrap(model, tokenizer)
+    view = as_model(model)
+    module, tokenizer, structure = view.module, tokenizer or view.tokenizer, view.structure
     site = site or eraser.sites[-1]
-    structure = getattr(model, "structure", None) or locate(module)
     y_train, y_test = torch.as_tensor(train[1]).long(), torch.as_tensor(test[1]).long()
     if len(train[0]) == 0 or len(test[0]) == 0:
         raise EmptyDataError("guardedness needs texts in both the training and the test part")
@@ -77,7 +71,7 @@ def guardedness(model, tokenizer, eraser: LeaceEraser, train: tuple[Sequence[str
         kwargs = dict(positions=positions, batch_size=batch_size, max_length=max_length, structure=structure)
         if not active:
             return collect(module, tokenizer, texts, [site], **kwargs)[site]
-        with eraser.apply(module, positions=apply_positions, structure=structure, check_fingerprint=False):
+        with eraser.apply(view, positions=apply_positions):
             return collect(module, tokenizer, texts, [site], **kwargs)[site]
 
     texts = [*train[0], *test[0]]
@@ -105,7 +99,7 @@ def guardedness(model, tokenizer, eraser: LeaceEraser, train: tuple[Sequence[str
 def erasure_cost(model, tokenizer, eraser: LeaceEraser, texts: Sequence[str], *,
                  positions: Positions = "all", max_length: int = 128, batch_size: int = 8) -> SideEffects:
     """KL and cross-entropy change on ``texts`` with the eraser applied at ``positions``."""
-    module, tokenizer = _unwrap(model, tokenizer)
-    return side_effects(module, tokenizer, texts,
-                        lambda: eraser.apply(module, positions=positions, check_fingerprint=False),
+    view = as_model(model)
+    return side_effects(view.module, tokenizer or view.tokenizer, texts,
+                        lambda: eraser.apply(view, positions=positions),
                         max_length=max_length, batch_size=batch_size)

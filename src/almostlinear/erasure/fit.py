@@ -15,18 +15,12 @@ from collections.abc import Sequence
 import torch
 
 from ..core.collect import stream
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.errors import AlmostLinearError, EmptyDataError, ShapeError
 from ..core.hooks import Positions, execution_order
-from ..core.locate import locate
+from ..core.lever import as_model
 from ..core.sites import as_sites
-from .eraser import LeaceEraser, stack
+from .artifact import LeaceEraser, stack, where_of
 from .leace import DEFAULT_SVD_TOL, LeaceFitter
-
-
-def _unwrap(model, tokenizer):
-    if not isinstance(model, torch.nn.Module) and hasattr(model, "model"):
-        return model.model, tokenizer if tokenizer is not None else model.tokenizer, model
-    return model, tokenizer, None
 
 
 def _labels_per_token(labels: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
@@ -38,14 +32,17 @@ def fit_eraser(model, tokenizer, texts: Sequence[str], labels, sites, *, n_class
                method: str = "leace", shrinkage: bool = False, svd_tol: float = DEFAULT_SVD_TOL,
                batch_size: int = 8, max_length: int = 128, data_hash: str | None = None, progress: bool = False
                ) -> LeaceEraser:
-    """Fit a :class:`LeaceEraser` for ``labels`` (one per text) at ``sites``.
+    """Fit a :class:`LeaceEraser` for ``labels`` (one per text) at ``sites`` (one site name, any layers).
 
     ``positions`` chooses the tokens fitted on (each carries its text's label); ``"last"`` suits
     labels of whole statements. ``apply_positions`` is where the erasers of earlier sites act while
     later ones are fitted; apply the result with the same positions for exact guardedness.
     ``model`` may be a ``LoadedModel`` (then ``tokenizer`` may be None); its fingerprint is recorded.
     """
-    module, tokenizer, loaded = _unwrap(model, tokenizer)
+    view = as_model(model)
+    module, tokenizer = view.module, tokenizer if tokenizer is not None else view.tokenizer
+    if tokenizer is None:
+        raise AlmostLinearError("this needs the model's tokenizer: pass it, or pass a LoadedModel")
     texts = list(texts)
     if not texts:
         raise EmptyDataError("no texts to fit an eraser on")
@@ -54,18 +51,11 @@ def fit_eraser(model, tokenizer, texts: Sequence[str], labels, sites, *, n_class
         raise ShapeError(f"{len(texts)} texts but {labels.shape[0]} labels")
     if torch.unique(labels.reshape(labels.shape[0], -1), dim=0).shape[0] < 2:
         raise EmptyDataError("all labels are equal (a single class): there is no concept to erase")
-    structure = loaded.structure if loaded is not None else locate(module)
+    structure = view.structure
     sites = sorted(as_sites(structure, sites), key=execution_order)
-    if len({s.width(structure) for s in sites}) != 1:
-        raise ShapeError("all sites of one eraser must have the same width (do not mix mlp_key with the others)")
+    where_of(sites)  # one site name: refused here, before any pass
     d = sites[0].width(structure)
-    fingerprint = None
-    if loaded is not None:
-        fingerprint = loaded.fingerprint
-    else:
-        from ..core.models import fingerprint as compute
-
-        fingerprint = compute(module)
+    fingerprint = view.fingerprint
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -75,8 +65,7 @@ def fit_eraser(model, tokenizer, texts: Sequence[str], labels, sites, *, n_class
 
     def fitters_from_pass(chosen_sites, active: LeaceEraser | None) -> dict:
         fitters = {s: LeaceFitter(d, n_classes, method, shrinkage, svd_tol) for s in chosen_sites}
-        scope = active.apply(module, positions=apply_positions, structure=structure,
-                                                      check_fingerprint=False) if active else contextlib.nullcontext()
+        scope = active.apply(view, positions=apply_positions) if active else contextlib.nullcontext()
         with scope:
             for batch in stream(module, tokenizer, texts, chosen_sites, positions=positions, batch_size=batch_size,
                                 max_length=max_length, structure=structure, progress=tick):
@@ -97,13 +86,11 @@ def fit_eraser(model, tokenizer, texts: Sequence[str], labels, sites, *, n_class
             done.append(LeaceEraser.from_fitters(fitters, model_fingerprint=fingerprint, data_hash=data_hash))
         joined = stack(done)
         extra = {**joined.provenance.extra, "positions": str(positions), "sequential": True,
-                 "apply_positions": str(apply_positions),
-                 "shrinkage": shrinkage, "svd_tol": svd_tol}
+                 "apply_positions": str(apply_positions), "shrinkage": shrinkage, "svd_tol": svd_tol}
         return LeaceEraser.from_factors(
             {s: (joined.left[i, :, :joined.ranks[i]], joined.right[i, :joined.ranks[i]], joined.mean[i])
              for i, s in enumerate(joined.sites)},
-            method=method, model_fingerprint=fingerprint, data_hash=data_hash,
-            extra={k: v for k, v in extra.items() if k not in ("operation", "sites", "ranks")})
+            method=method, model_fingerprint=fingerprint, data_hash=data_hash, extra=extra)
     finally:
         if bar is not None:
             bar.close()

@@ -6,14 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
+from .. import clitools
 
 
 def latent_command(source: int = 3, target: int = 8, *, steps: int = 9, out: str | Path | None = "latent.png",
                    per_pair: int = 8, all_pairs: bool = False, seed: int = 0, direction_out: str | None = None,
-                   stream=None, say=_say) -> dict:
+                   stream=None, say=clitools.say) -> dict:
     """Score lerp, slerp and pixel paths and class-mean arithmetic from digit ``source`` to ``target``.
 
     With ``all_pairs`` the scores are over all 90 ordered digit pairs. ``out`` receives a grid image of
@@ -22,7 +20,7 @@ def latent_command(source: int = 3, target: int = 8, *, steps: int = 9, out: str
     from ..core.errors import ShapeError
     from ..zoo.vae import digits_vae, load_digits
     from .digits import KINDS, demo_grid, score_digits
-    from .directions import AttributeDirection
+    from .artifact import AttributeDirection
     from .grid import save_grid
 
     stream = stream or sys.stdout

@@ -14,7 +14,7 @@ import torch
 from ..core.errors import ShapeError
 from ..core.threads import one_thread
 from ..zoo.vae import DigitsVAE, classify, digits_scorer, digits_vae, load_digits
-from .directions import AttributeDirection
+from .artifact import AttributeDirection
 from .paths import lerp, slerp
 from .score import path_agreement, path_predictions, per_step_agreement, transfer_success
 
@@ -96,7 +96,7 @@ def score_digits(*, pairs: list[tuple[int, int]] | None = None, per_pair: int = 
             starts.append(start)
             ends.append(end)
             direction = AttributeDirection.fit(z_train, data.y_train, a, b, space="digits-vae")
-            moved_hits.append(transfer_success(direction.apply(za), b, decode, judge) * k)
+            moved_hits.append(transfer_success(direction.shift(za), b, decode, judge) * k)
             unmoved_hits.append(transfer_success(za, b, decode, judge) * k)
         start, end = torch.cat(starts), torch.cat(ends)
         total = len(start)
@@ -133,7 +133,7 @@ def demo_grid(a: int, b: int, *, steps: int = 9, seed: int = 0, vae: DigitsVAE |
         lerp(data.x_test[ia], data.x_test[ib], steps),
         vae.decode(lerp(za, zb, steps)),
         vae.decode(slerp(za, zb, steps)),
-        vae.decode(torch.stack([direction.apply(za, float(s)) for s in strengths])),
+        vae.decode(torch.stack([direction.shift(za, float(s)) for s in strengths])),
     ]
     labels = ["pixels", "lerp", "slerp", f"{a} - mean {a} + mean {b}"]
     return torch.stack(rows), labels

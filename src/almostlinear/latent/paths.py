@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import NonFiniteError, ShapeError
+from ..core.errors import NonFiniteError, ShapeError, check_choice
 
 
 def _endpoints(a: torch.Tensor, b: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,6 +59,5 @@ PATHS = {"lerp": lerp, "slerp": slerp}
 
 
 def path(a: torch.Tensor, b: torch.Tensor, steps: int, kind: str = "lerp") -> torch.Tensor:
-    if kind not in PATHS:
-        raise ValueError(f"unknown path kind {kind!r}; choose one of {', '.join(PATHS)}")
+    check_choice(kind, PATHS, "path kind")
     return PATHS[kind](a, b, steps)

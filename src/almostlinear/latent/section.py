@@ -28,8 +28,7 @@ class LatentPaths(Section):
 
     def finish(self, ctx: AuditContext) -> SectionResult:
         result = SectionResult(self.id, self.title)
-        quick = ctx.budget.neutral_texts <= 64
-        per_pair, steps = (4, 9) if quick else (12, 11)
+        per_pair, steps = (4, 9) if ctx.quick else (12, 11)
         with one_thread():
             vae = digits_vae()
             scores = score_digits(per_pair=per_pair, steps=steps, seed=ctx.seed, vae=vae)

@@ -10,16 +10,17 @@
   and :func:`plot_lens_table`: the top token per layer and position for one prompt.
 """
 
-from .affine import RIDGES, AffineLens, AffineLensFitter, fit_affine_lens
-from .evaluate import LensEvaluation, LensScorer, evaluate_lens, evaluate_lenses, states_of
-from .logit import LogitLens, kl_and_agreement, lens_sites
-from .table import LensRow, format_lens_table, lens_table, plot_lens_table, prompt_tokens
-from .translator import DecodedLens, Translators
-from .tuned import TunedLens, TunedLensSettings, TunedLensTrainer, train_tuned_lens
+from __future__ import annotations
 
-__all__ = [
-    "RIDGES", "AffineLens", "AffineLensFitter", "DecodedLens", "LensEvaluation", "LensRow", "LensScorer",
-    "LogitLens", "Translators", "TunedLens", "TunedLensSettings", "TunedLensTrainer", "evaluate_lens",
-    "evaluate_lenses", "fit_affine_lens", "format_lens_table", "kl_and_agreement", "lens_sites", "lens_table",
-    "plot_lens_table", "prompt_tokens", "states_of", "train_tuned_lens",
-]
+from ..core.lazy import lazy_exports
+
+# Names resolve on first use, so importing ``almostlinear.lens.cli`` to build the parser does not import torch.
+_PUBLIC = {
+    "affine": ("RIDGES", "AffineLensFitter", "fit_affine_lens"),
+    "artifact": ("AffineLens", "DecodedLens", "Translators", "TunedLens"),
+    "evaluate": ("LensEvaluation", "LensScorer", "evaluate_lens", "evaluate_lenses", "states_of"),
+    "logit": ("LogitLens", "kl_and_agreement", "lens_sites"),
+    "table": ("LensRow", "format_lens_table", "lens_table", "plot_lens_table", "prompt_tokens"),
+    "tuned": ("TunedLensSettings", "TunedLensTrainer", "train_tuned_lens"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -17,31 +17,19 @@ tuned lens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
 import torch
 
-from ..core.artifact import Provenance, Where
+from ..core.artifact import Provenance
 from ..core.collect import Batch, stream
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.errors import EmptyDataError, ShapeError, check_choice
 from ..core.locate import Structure, locate
 from ..core.stats import RunningMoments
 from ..linearity.affine import fit_affine
+from .artifact import LENS_WHERE, AffineLens
 from .evaluate import states_of
 from .logit import lens_sites
-from .translator import Translators
 
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # relative to the mean variance of h_s
-
-
-@dataclass(frozen=True)
-class AffineLens(Translators):
-    """Per-state affine translators fitted in closed form; ``method`` is "ridge" or "bias"."""
-
-    kind = "affine-lens"
-    method: str = "ridge"
-    ridge: list[float | None] | None = None  # the relative ridge chosen for each state (last: None)
-    tokens: int = 0
 
 
 def validation_errors(train: RunningMoments, validation: RunningMoments, ridges: Sequence[float]) -> torch.Tensor:
@@ -144,7 +132,8 @@ class AffineLensFitter:
             A[s] = fit.A.float()
             b[s] = (fit.y_mean - fit.x_mean @ fit.A).float()
             chosen.append(lam)
-        return AffineLens(A, b, method="ridge", ridge=chosen + [None], tokens=self.tokens)
+        return AffineLens(A, b, method="ridge", ridge=chosen + [None], tokens=self.tokens,
+                          provenance=Provenance(where=LENS_WHERE, method="affine lens (ridge)"))
 
     def bias_only(self) -> AffineLens:
         """The bias-only lens: each state shifted by the mean of ``h_last - h_s`` (no matrix)."""
@@ -153,7 +142,8 @@ class AffineLensFitter:
         b = torch.zeros(self.n_states, self.d_model, dtype=torch.float32)
         for s in range(self.n_states - 1):
             b[s] = self._both(s).mean_y.float()
-        return AffineLens(None, b, method="bias", tokens=self.tokens)
+        return AffineLens(None, b, method="bias", tokens=self.tokens,
+                          provenance=Provenance(where=LENS_WHERE, method="affine lens (bias)"))
 
 
 def fit_affine_lens(model, tokenizer, texts: Sequence[str], *, structure: Structure | None = None,
@@ -168,8 +158,7 @@ def fit_affine_lens(model, tokenizer, texts: Sequence[str], *, structure: Struct
     from ..core.models import fingerprint
     from ..core.digest import data_hash
 
-    if method not in ("ridge", "bias"):
-        raise ValueError(f"method must be 'ridge' or 'bias', got {method!r}")
+    check_choice(method, ("ridge", "bias"), "affine lens method")
     texts = list(texts)
     if ridge is None and method == "ridge" and len(texts) < validation_every:
         raise EmptyDataError(f"choosing the ridge needs at least {validation_every} texts (one for validation), "
@@ -180,8 +169,7 @@ def fit_affine_lens(model, tokenizer, texts: Sequence[str], *, structure: Struct
                         max_length=max_length, skip_first=skip_first, structure=structure, progress=progress):
         fitter.update_batch(batch, validation_every=validation_every)
     lens = fitter.result(ridge=ridge, ridges=ridges) if method == "ridge" else fitter.bias_only()
-    provenance = Provenance(model_fingerprint=fingerprint(model), where=Where.at("resid_pre.0,resid_post.*"),
+    provenance = Provenance(model_fingerprint=fingerprint(model), where=LENS_WHERE,
                             method=f"affine lens ({method})", data_hash=data_hash(texts),
-                            units="residual stream -> last block's residual (pre final norm)",
                             extra={"texts": len(texts), "tokens": fitter.tokens})
     return AffineLens(lens.A, lens.b, method=lens.method, ridge=lens.ridge, tokens=lens.tokens, provenance=provenance)

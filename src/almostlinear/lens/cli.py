@@ -6,26 +6,24 @@ per model fingerprint under ``cache_dir("lenses")``; later calls only read the f
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+
+from ..clitools import load_model, say
 
 FIT_TEXTS = 48  # the --quick audit's neutral text: the same call, so the same cached texts
 FIT_NEW_TOKENS = 80
 TUNED_TOKENS = 1024  # SGD tokens after the affine warm start: about a minute on 2 CPU cores for SmolLM2
 
 
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
-
-
-def _cached_lens(loaded, kind: str, *, say=_say):
+def _cached_lens(loaded, kind: str, *, say=say):
     """The fitted lens of ``kind`` for this model: from the cache, or fitted now and cached."""
     from .. import data
     from ..core.artifact import load as load_artifact
     from ..core.errors import AlmostLinearError
     from ..core.paths import cache_dir
-    from .affine import AffineLens, fit_affine_lens
-    from .tuned import TunedLens, train_tuned_lens
+    from .affine import fit_affine_lens
+    from .artifact import AffineLens, TunedLens
+    from .tuned import train_tuned_lens
 
     expected = AffineLens if kind == "affine" else TunedLens
     path = cache_dir("lenses") / f"{kind}-{loaded.fingerprint.removeprefix('sha256:')}.safetensors"
@@ -55,15 +53,12 @@ def _cached_lens(loaded, kind: str, *, say=_say):
 
 def lens_command(model_name: str, prompt: str, kind: str = "logit", out: str | None = None) -> int:
     """Load ``model_name``, fit the lens if needed, print the table and write the PNG to ``out``."""
-    from ..core.models import load
+    from ..core.errors import StructureError, check_choice
     from .table import KINDS, format_lens_table, lens_table, plot_lens_table, prompt_tokens
 
-    if kind not in KINDS:
-        raise ValueError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    loaded = load(model_name, progress=_say)
+    check_choice(kind, KINDS, "lens kind")
+    loaded = load_model(model_name)
     if loaded.structure.unembedding is None:
-        from ..core.errors import StructureError
-
         raise StructureError(f"{model_name} has no output head: a lens needs next-token logits")
     lens = None if kind == "logit" else _cached_lens(loaded, kind)
     rows = lens_table(loaded.model, loaded.tokenizer, prompt, kind, lens, structure=loaded.structure)

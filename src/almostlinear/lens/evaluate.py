@@ -15,10 +15,10 @@ from typing import Protocol
 import torch
 
 from ..core.collect import Batch
-from ..core.errors import EmptyDataError, ShapeError, SiteError
+from ..core.errors import ArtifactError, EmptyDataError, ShapeError, SiteError, StructureError
 from ..core.sites import Site
 from .logit import LogitLens
-from .translator import Translators
+from .artifact import Translators
 
 
 class Lens(Protocol):
@@ -112,11 +112,12 @@ class LensScorer:
 def _as_lens(lens, decoder: LogitLens | None) -> Lens:
     if isinstance(lens, Translators):
         if decoder is None:
-            raise ValueError(f"a {type(lens).__name__} needs the model's decoder: pass decoder="
-                             "LogitLens.from_structure(structure), or lens.bind(structure)")
+            raise StructureError(f"a {type(lens).__name__} needs the model's decoder: pass decoder="
+                                 "LogitLens.from_structure(structure), or lens.bind(structure)")
         return lens.bind(decoder)
     if not callable(getattr(lens, "logits", None)):
-        raise TypeError(f"{type(lens).__name__} is not a lens: it has no logits(hidden, state)")
+        raise ArtifactError(f"{type(lens).__name__} is not a lens: it has no logits(hidden, state); pass a "
+                            "LogitLens, an AffineLens or TunedLens (with decoder=), or lens.bind(structure)")
     return lens
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.errors import StructureError
+from ..core.errors import StructureError, check_choice
 from ..core.locate import Structure
 from ..core.sites import Site
 
@@ -36,8 +36,7 @@ class LogitLens:
     def from_structure(cls, structure: Structure, convention: str = "final_norm") -> LogitLens:
         if structure.unembedding is None:
             raise StructureError(f"{structure.model_type} has no output head: the logit lens needs one")
-        if convention not in ("final_norm", "no_norm"):
-            raise ValueError(f"convention must be 'final_norm' or 'no_norm', got {convention!r}")
+        check_choice(convention, ("final_norm", "no_norm"), "logit lens convention")
         if convention == "final_norm" and structure.final_norm is None:
             raise StructureError("this model has no final norm; use convention='no_norm'")
         return cls(structure.final_norm, structure.unembedding, convention)

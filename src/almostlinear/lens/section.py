@@ -4,7 +4,7 @@ Texts are split by index: the first few (those the planner computes logits for) 
 evaluation; the rest fit the affine lens from streamed moments (every 4th of them validates the
 ridge). The held-out states are kept (``lens_tokens`` x states x ``d_model`` floats) because they
 arrive before the fitting texts; the affine lens is scored on them in ``finish``. The bias-only
-lens and the tuned lens (SGD, CPU-expensive) join when the budget is larger than ``--quick``'s.
+lens and the tuned lens (SGD, CPU-expensive) join outside ``--quick``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import statistics
 
 import torch
 
-from ..core.section import AuditContext, Need, Section
-from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, CausalSection, Need
 from ..core.errors import EmptyDataError
 from .affine import AffineLensFitter
 from .evaluate import LensEvaluation, LensScorer
@@ -24,18 +24,18 @@ from .logit import LogitLens, kl_and_agreement, lens_sites
 SOURCE = "arXiv 2303.08112"
 VALIDATION_EVERY = 4
 FALLBACK_RIDGE = 1e-1
-BIAS_MIN_LENS_TOKENS = 1024  # the bias-only baseline costs one more unembedding per state and token
-TUNED_MIN_LENS_TOKENS = 2048  # the tuned lens costs ~3 unembeddings per state and training token
 NAMES = {"logit": "logit lens", "affine": "affine lens", "bias": "bias-only lens", "tuned": "tuned lens"}
 
 
-class LogitLensSection(Section):
+class LogitLensSection(CausalSection):
     id = "logit_lens"
     title = "Lenses"
+    causal_reason = "the model has no output head, so there is no next-token distribution to read"
 
     def applicable(self, ctx: AuditContext) -> str | None:
-        if not ctx.causal:
-            return "the model has no output head, so there is no next-token distribution to read"
+        reason = super().applicable(ctx)
+        if reason is not None:
+            return reason
         if ctx.structure.final_norm is None:
             return "the model has no final norm; the lens convention used here needs one"
         return None
@@ -80,7 +80,7 @@ class LogitLensSection(Section):
     def _tuned(self, ctx: AuditContext, init, notes: list[str]):
         from .tuned import train_tuned_lens
 
-        texts = [getattr(t, "text", t) for t in ctx.sources.get("neutral", [])][self.eval_texts:]
+        texts = ctx.texts("neutral")[self.eval_texts:]
         if not texts:
             return None
         budget = self.max_tokens  # CPU cost: see benchmarks/RESULTS-lens.md (seconds per SGD step)
@@ -102,9 +102,10 @@ class LogitLensSection(Section):
         if self.fitter.tokens >= 2:
             affine = self._fit(notes)
             lenses["affine"] = affine.bind(self.lens)
-            if self.max_tokens >= BIAS_MIN_LENS_TOKENS:
+            # outside --quick: the bias-only baseline costs one more unembedding per state and token, the
+            # tuned lens about three per state and training token
+            if not ctx.quick:
                 lenses["bias"] = self.fitter.bias_only().bind(self.lens)
-            if self.max_tokens >= TUNED_MIN_LENS_TOKENS:
                 tuned = self._tuned(ctx, affine, notes)
                 if tuned is not None:
                     lenses["tuned"] = tuned.bind(self.lens)

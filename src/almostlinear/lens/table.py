@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from ..core.collect import collect, model_device, tokenize
-from ..core.errors import MissingDependencyError
+from ..core.errors import ArtifactError, EmptyDataError, MissingDependencyError, check_choice
 from ..core.locate import Structure, locate
 from .logit import LogitLens, lens_sites
-from .translator import Translators
+from .artifact import AffineLens, Translators, TunedLens
 
 KINDS = ("logit", "affine", "tuned")
 
@@ -46,19 +46,15 @@ def prompt_tokens(tokenizer, prompt: str, *, max_length: int = 128) -> list[str]
 
 
 def _lens_for(kind: str, lens: Translators | None, structure: Structure):
-    from .affine import AffineLens
-    from .tuned import TunedLens
-
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_choice(kind, KINDS, "lens kind")
     if kind == "logit":
         return LogitLens.from_structure(structure)
     expected = AffineLens if kind == "affine" else TunedLens
     if lens is None:
         maker = "fit_affine_lens" if kind == "affine" else "train_tuned_lens"
-        raise ValueError(f"kind={kind!r} needs a fitted lens: pass lens={maker}(model, tokenizer, texts)")
+        raise ArtifactError(f"kind={kind!r} needs a fitted lens: pass lens={maker}(model, tokenizer, texts)")
     if not isinstance(lens, expected):
-        raise ValueError(f"kind={kind!r} needs a {expected.__name__}, got a {type(lens).__name__}")
+        raise ArtifactError(f"kind={kind!r} needs a {expected.__name__}, got a {type(lens).__name__}")
     return lens.bind(structure)
 
 
@@ -67,7 +63,7 @@ def lens_table(model, tokenizer, prompt: str, kind: str = "logit", lens: Transla
                structure: Structure | None = None, max_length: int = 128) -> list[LensRow]:
     """Top-1 token and probability per state (rows: embeddings, block 0, ..., last block) and position."""
     if not isinstance(prompt, str) or not prompt:
-        raise ValueError("prompt must be a non-empty string")
+        raise EmptyDataError("prompt must be a non-empty string")
     structure = structure or locate(model)
     reader = _lens_for(kind, lens, structure)
     acts = collect(model, tokenizer, [prompt], lens_sites(structure), max_length=max_length,

@@ -21,33 +21,17 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from ..core.artifact import Provenance, Where
+from ..core.artifact import Provenance
 from ..core.collect import stream
-from ..core.errors import EmptyDataError, NonFiniteError, ShapeError
+from ..core.errors import EmptyDataError, LeverError, NonFiniteError, ShapeError
 from ..core.locate import Structure, locate
+from .artifact import LENS_WHERE, Translators, TunedLens
 from .evaluate import states_of
 from .logit import LogitLens, lens_sites
-from .translator import Translators
-
-
-@dataclass(frozen=True)
-class TunedLens(Translators):
-    """Translators trained by SGD on the KL to the final distribution; ``history`` holds the mean
-    training KL over states (nats) before each step."""
-
-    kind = "tuned-lens"
-    steps: int = 0
-    tokens: int = 0
-    history: list[float] = field(default_factory=list)
-
-    @classmethod
-    def zeros(cls, n_states: int, d_model: int) -> TunedLens:
-        """The untrained lens: identical to the logit lens."""
-        return cls(torch.zeros(n_states, d_model, d_model), torch.zeros(n_states, d_model))
 
 
 @dataclass(frozen=True)
@@ -73,7 +57,7 @@ class TunedLensTrainer:
     def __init__(self, decoder: LogitLens, init: Translators, *, steps: int,
                  settings: TunedLensSettings = TunedLensSettings()) -> None:
         if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
+            raise ShapeError(f"steps must be at least 1, got {steps}")
         self.settings, self.total_steps = settings, steps
         norm = _frozen(decoder.final_norm) if decoder.convention == "final_norm" else (lambda x: x)
         head = _frozen(decoder.unembedding)
@@ -117,7 +101,7 @@ class TunedLensTrainer:
     def step(self, states: Sequence[torch.Tensor]) -> float:
         """One SGD step on these tokens; returns their mean KL before the step."""
         if self.steps_done >= self.total_steps:
-            raise ValueError(f"all {self.total_steps} steps of the schedule are done")
+            raise LeverError(f"all {self.total_steps} steps of the schedule are done: make a new trainer to train more")
         self.optimizer.zero_grad(set_to_none=False)
         loss = self.kl(states, backward=True)
         torch.nn.utils.clip_grad_norm_([self.A, self.b], self.settings.clip)
@@ -132,7 +116,8 @@ class TunedLensTrainer:
         d = self.A.shape[-1]
         A = torch.cat([self.A.detach().cpu(), torch.zeros(1, d, d)])
         b = torch.cat([self.b.detach().cpu(), torch.zeros(1, d)])
-        return TunedLens(A, b, steps=self.steps_done, tokens=self.tokens_seen, history=list(self.history))
+        return TunedLens(A, b, steps=self.steps_done, tokens=self.tokens_seen, history=list(self.history),
+                         provenance=Provenance(where=LENS_WHERE, method="tuned lens (SGD on KL, arXiv 2303.08112)"))
 
 
 def _token_stream(model, tokenizer, texts: list[str], structure: Structure, *, batch_size: int, max_length: int,
@@ -196,9 +181,8 @@ def train_tuned_lens(model, tokenizer, texts: Sequence[str], *, structure: Struc
     lens = trainer.result()
     if not math.isfinite(lens.history[-1]):
         raise NonFiniteError("the tuned lens diverged (non-finite KL): lower settings.lr_scale")
-    provenance = Provenance(model_fingerprint=fingerprint(model), where=Where.at("resid_pre.0,resid_post.*"),
+    provenance = Provenance(model_fingerprint=fingerprint(model), where=LENS_WHERE,
                             method="tuned lens (SGD on KL, arXiv 2303.08112)", data_hash=data_hash(texts),
-                            units="residual stream -> last block's residual (pre final norm)",
                             extra={"init": type(init).__name__, "token_budget": token_budget,
                                    "settings": dataclasses.asdict(settings)})
     return TunedLens(lens.A, lens.b, steps=lens.steps, tokens=lens.tokens, history=lens.history,

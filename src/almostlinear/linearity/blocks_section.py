@@ -1,5 +1,9 @@
 """Audit section: how linear is each attention and each MLP, what replacing one by its affine map
-costs in loss, and how far apart the layers' last-token states are (angular distance)."""
+costs in loss, and how far apart the layers' last-token states are (angular distance).
+
+The sublayers' inputs and outputs (``attn_in``/``attn_out``, ``mlp_in``/``mlp_out``) and the
+residual states come from the audit's shared pass over the neutral texts; each text goes whole to
+one split by its index, so the moments of the three splits fill up batch by batch."""
 
 from __future__ import annotations
 
@@ -8,14 +12,14 @@ import time
 
 import torch
 
-from ..core.section import AuditContext, Need, Section
-from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
-from ..core.errors import StructureError
+from ..core.errors import EmptyDataError, StructureError
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Need, Section, last_token_rows
 from ..core.sites import Site
 from .blocks import angular_distance_profile, held_out_r2
-from .passes import next_token_loss, sublayer_moments
-from .sublayers import KINDS, mlp_module, replace_sublayer, sublayer
+from .passes import empty_moments, next_token_loss, stacked_pairs, sublayer_sites
+from .sublayers import KINDS, replace_sublayer, sublayer
 
 R2_SOURCE = "arXiv 2606.19379"
 LINEARISE_SOURCE = "arXiv 2405.12250"
@@ -23,14 +27,9 @@ ANGULAR_SOURCE = "arXiv 2403.17887"
 R2_REFERENCE = ("GPT-2, Pythia-160m and llama-160m MLP blocks range from >0.99 to <0.3, "
                 "non-monotone in depth (abstract)")
 NAMES = {"attn": "attention", "mlp": "MLP"}
-
-
-def _split_texts(texts: list[str]) -> tuple[list[str], list[str], list[str]]:
-    # whole texts to one split: every 4th to test, the next-to-last of each 4 to validation
-    train = [t for i, t in enumerate(texts) if i % 4 in (0, 1)]
-    val = [t for i, t in enumerate(texts) if i % 4 == 2]
-    test = [t for i, t in enumerate(texts) if i % 4 == 3]
-    return train, val, test
+# Whole texts to one split by their index: of each 4, the first two train, the third validates,
+# the fourth tests.
+SPLITS = {"train": (0, 1), "val": (2,), "test": (3,)}
 
 
 class BlockLinearitySection(Section):
@@ -39,7 +38,7 @@ class BlockLinearitySection(Section):
 
     def applicable(self, ctx: AuditContext) -> str | None:
         try:
-            mlp_module(ctx.structure, 0)
+            sublayer(ctx.structure, 0, "mlp")
         except StructureError as error:
             return str(error)
         return None
@@ -47,28 +46,39 @@ class BlockLinearitySection(Section):
     def needs(self, ctx: AuditContext) -> list[Need]:
         s = ctx.structure
         self.states = (Site("resid_pre", 0),) + tuple(Site("resid_post", i) for i in range(s.n_layers))
+        self.parts = [sublayer(s, layer, kind) for layer in range(s.n_layers) for kind in KINDS]
+        self.moments = {name: empty_moments(self.parts, s.d_model) for name in SPLITS}
         self.last_states: list[torch.Tensor] = []
-        return [Need("neutral", self.states, positions="last", skip_first=True)]
+        self.fit_seconds = 0.0
+        return [Need("neutral", self.states + sublayer_sites(self.parts), positions="all", skip_first=True)]
 
     def consume(self, source: str, batch: Batch) -> None:
-        self.last_states.append(torch.stack([batch.activations[s].float().cpu() for s in self.states]))
+        began = time.perf_counter()
+        rest = batch.text_index % 4
+        for kind, (x, y) in stacked_pairs(self.parts, batch).items():
+            for name, rests in SPLITS.items():
+                rows = torch.isin(rest, torch.tensor(rests)).nonzero()[:, 0]
+                if len(rows):
+                    self.moments[name][kind].update(x[:, rows.to(x.device)], y[:, rows.to(y.device)])
+        self.fit_seconds += time.perf_counter() - began
+        last = last_token_rows(batch)
+        self.last_states.append(torch.stack([batch.activations[s][last.to(batch.activations[s].device)].float().cpu()
+                                             for s in self.states]))
 
     def finish(self, ctx: AuditContext) -> SectionResult:
         result = SectionResult(self.id, self.title)
-        loaded, s, budget = ctx.loaded, ctx.structure, ctx.budget
-        texts = [getattr(t, "text", t) for t in ctx.sources["neutral"]]
-        train, val, test = _split_texts(texts)
+        s = ctx.structure
+        texts = ctx.texts("neutral")
+        split = {name: [t for i, t in enumerate(texts) if i % 4 in rests] for name, rests in SPLITS.items()}
+        train, val, test = split["train"], split["val"], split["test"]
         if min(len(train), len(val), len(test)) == 0:
-            raise ValueError(f"need at least 4 neutral texts for train/validation/test, got {len(texts)}")
-        parts = [sublayer(s, layer, kind) for layer in range(s.n_layers) for kind in KINDS]
-        run = dict(batch_size=budget.batch_size, max_length=budget.max_length)
+            raise EmptyDataError(f"need at least 4 neutral texts for train/validation/test, got {len(texts)}")
+        moments = self.moments
         began = time.perf_counter()
-        moments = {name: sublayer_moments(loaded.model, loaded.tokenizer, s, part, parts, **run)
-                   for name, part in (("train", train), ("val", val), ("test", test))}
         r2, fits = {}, {}
         for kind in KINDS:
             r2[kind], fits[kind] = held_out_r2(moments["train"][kind], moments["val"][kind], moments["test"][kind])
-        fit_seconds = time.perf_counter() - began
+        fit_seconds = self.fit_seconds + time.perf_counter() - began
         layers = list(range(s.n_layers))
         for kind in KINDS:
             name = f"{kind}_r2_held_out"
@@ -95,18 +105,19 @@ class BlockLinearitySection(Section):
             result.notes.append("No output head: the loss cost of replacing a sublayer was not measured.")
         self._angular(result)
         result.notes[:0] = [
-            f"Sublayer inputs are the tensors the attention and the MLP modules receive (after the block's "
-            f"norms), outputs what their output projections write (attn_out, mlp_out). Maps are fitted on "
+            f"Sublayer inputs are the tensors the attention and the MLP modules receive (attn_in, mlp_in: after "
+            f"the block's norms), outputs what their output projections write (attn_out, mlp_out). Maps are fitted on "
             f"{len(train)} texts, the ridge (relative to the mean input variance) is chosen per block on "
             f"{len(val)} more, and R² is scored on {len(test)} held-out texts ({n_test} tokens); first tokens "
-            f"are excluded throughout. Fitting took {fit_seconds:.1f} s including its own forward passes.",
+            f"are excluded throughout. Accumulating the moments in the shared pass and fitting took "
+            f"{fit_seconds:.1f} s.",
             _r2_verdict(r2),
         ]
         return result
 
     def _replacement(self, ctx: AuditContext, result: SectionResult, r2, fits, test: list[str]) -> None:
         loaded, budget = ctx.loaded, ctx.budget
-        k = 2 if budget.neutral_texts <= 64 else 3
+        k = 2 if ctx.quick else 3
         per_text = max(budget.neutral_new_tokens, 16)
         n_texts = max(1, min(len(test), -(-budget.lens_tokens // per_text)))
         texts = test[:n_texts]
@@ -119,7 +130,7 @@ class BlockLinearitySection(Section):
             deltas = {}
             for layer in chosen:
                 part = sublayer(ctx.structure, layer, kind)
-                with replace_sublayer(loaded.model, part, fits[kind][layer], skip_first=True):
+                with replace_sublayer(loaded.model, part, fits[kind][layer], skip_first=True, structure=ctx.structure):
                     loss, _ = next_token_loss(loaded.model, loaded.tokenizer, texts, **run)
                 deltas[layer] = loss - base
                 most = layer in order[:k]

@@ -1,25 +1,26 @@
-"""Forward passes that the per-block linearity measurements run themselves.
+"""Sublayer moments from activation batches, and the forward passes the per-block measurements run.
 
-Sublayer inputs are not core sites (yet), so the audit's shared collection pass cannot serve
-them: :func:`sublayer_moments` runs its own pass, stopped after the last sublayer it reads.
+:func:`stacked_pairs` reads a sublayer's input and output sites (``attn_in`` → ``attn_out``,
+``mlp_in`` → ``mlp_out``) for many layers from one :class:`~almostlinear.core.collect.Batch`, ready
+for per-kind :class:`PairMoments`, so the audit's shared collection pass serves the block fits;
+:func:`sublayer_moments` runs such a pass on its own, for use outside the audit.
 :func:`next_token_loss` is the mean next-token cross-entropy of texts, with optional sublayer
 replacements active, for the loss cost of linearising a block.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..core.collect import model_device, tokenize
+from ..core.collect import Batch, model_device, stream, tokenize
 from ..core.errors import EmptyDataError
-from ..core.hooks import StopForward
 from ..core.locate import Structure
+from ..core.sites import Site
 from .blocks import PairMoments
-from .sublayers import KINDS, Sublayer, record_sublayers
+from .sublayers import KINDS, Sublayer
 
 
 def _batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int, device):
@@ -28,6 +29,29 @@ def _batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int, 
         raise EmptyDataError("no texts to run")
     for start in range(0, len(texts), batch_size):
         yield start, tokenize(tokenizer, texts[start:start + batch_size], max_length=max_length, device=device)
+
+
+def by_kind(parts: Sequence[Sublayer]) -> dict[str, list[Sublayer]]:
+    """``parts`` grouped by kind, in the order given, kinds without parts left out."""
+    groups = {kind: [p for p in parts if p.kind == kind] for kind in KINDS}
+    return {kind: ps for kind, ps in groups.items() if ps}
+
+
+def sublayer_sites(parts: Sequence[Sublayer]) -> tuple[Site, ...]:
+    """The input and output sites of ``parts``."""
+    return tuple(site for p in parts for site in (p.input, p.output))
+
+
+def empty_moments(parts: Sequence[Sublayer], d_model: int) -> dict[str, PairMoments]:
+    """Per kind, moments for that kind's layers of ``parts``."""
+    return {kind: PairMoments(len(ps), d_model, d_model) for kind, ps in by_kind(parts).items()}
+
+
+def stacked_pairs(parts: Sequence[Sublayer], batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per kind, the inputs and outputs of ``parts`` in ``batch``, each ``[layers, n_tokens, d]``."""
+    return {kind: (torch.stack([batch.activations[p.input] for p in ps]),
+                   torch.stack([batch.activations[p.output] for p in ps]))
+            for kind, ps in by_kind(parts).items()}
 
 
 def sublayer_moments(model: nn.Module, tokenizer, structure: Structure, texts: Sequence[str],
@@ -39,26 +63,11 @@ def sublayer_moments(model: nn.Module, tokenizer, structure: Structure, texts: S
     Every real token counts, except each text's first when ``skip_first`` (attention sinks have
     outlying norms). Layers appear in the order of ``parts`` within each kind.
     """
-    by_kind = {kind: [p for p in parts if p.kind == kind] for kind in KINDS}
-    d = structure.d_model
-    moments = {kind: PairMoments(len(ps), d, d) for kind, ps in by_kind.items() if ps}
-    device = model_device(model)
-    with torch.inference_mode(), record_sublayers(model, structure, parts, stop_after=True) as reading:
-        for _, inputs in _batches(tokenizer, texts, batch_size, max_length, device):
-            reading.clear()
-            with contextlib.suppress(StopForward):
-                model(**inputs, use_cache=False)
-            chosen = inputs["attention_mask"].bool()
-            if skip_first:
-                chosen[:, 0] = False
-            for kind, ps in by_kind.items():
-                if not ps:
-                    continue
-                x = torch.stack([reading.inputs[(p.layer, kind)][chosen] for p in ps])
-                y = torch.stack([reading.outputs[(p.layer, kind)][chosen] for p in ps])
-                moments[kind].update(x, y)
-            if progress is not None:
-                progress(inputs["input_ids"].shape[0])
+    moments = empty_moments(parts, structure.d_model)
+    for batch in stream(model, tokenizer, texts, sublayer_sites(parts), batch_size=batch_size,
+                        max_length=max_length, skip_first=skip_first, structure=structure, progress=progress):
+        for kind, (x, y) in stacked_pairs(parts, batch).items():
+            moments[kind].update(x, y)
     return moments
 
 

@@ -2,25 +2,26 @@
 temporaries, never several full-size intermediate copies.
 
 Linear, task arithmetic and TIES are element-wise once each task vector's magnitude threshold is
-known (one selection per task vector, :func:`methods.magnitude_threshold`), so they run chunk by
-chunk and give exactly the in-memory result. SLERP (a global angle) and DARE (one random stream
-per tensor) use the in-memory functions.
+known (one selection per task vector, :func:`methods.magnitude_threshold`), so their kernels below
+run chunk by chunk and give exactly the in-memory result. A method's record names its kernel
+(``MergeMethod.chunked``); methods without one (SLERP: a global angle; DARE: one random stream per
+tensor) use their in-memory function.
+
+Every kernel takes the flat output, the flat inputs (``base`` flat or ``None``), one float weight per
+model, the tensor's name (for error messages), the slice length and the method's resolved options.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 
-from ..core.errors import NonFiniteError
+from ..core.errors import AlmostLinearError, NonFiniteError
 from . import methods
-from .dispatch import merge_tensor, resolve_options
 
 Tensor = torch.Tensor
 CHUNK = 1 << 20
-CHUNKED = ("linear", "task_arithmetic", "ties")
 
 
 def _all_finite(values: Tensor) -> bool:
@@ -33,7 +34,8 @@ def _all_finite(values: Tensor) -> bool:
     return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
-def _check_finite(values: Tensor, name: str) -> None:
+def check_finite(values: Tensor, name: str) -> None:
+    """Raise :class:`NonFiniteError` naming tensor ``name`` if ``values`` holds NaN or ±inf."""
     if not _all_finite(values):  # checked per slice, while it is in cache
         raise NonFiniteError(f"tensor {name!r}: the merge gives NaN or infinite values in {values.dtype}; "
                              "nothing was written")
@@ -41,66 +43,62 @@ def _check_finite(values: Tensor, name: str) -> None:
 
 def _store(dst: Tensor, s: int, values: Tensor, name: str) -> None:
     part = values.to(dst.dtype)
-    _check_finite(part, name)
+    check_finite(part, name)
     dst[s:s + part.numel()] = part
 
 
-def merge_into(method: str, name: str, tensors: Sequence[Tensor], weights: Sequence[float], base: Tensor | None,
-               options: Mapping[str, Any], out: Tensor, *, chunk: int = CHUNK) -> Tensor:
-    """Write the merge of ``tensors`` (and ``base``) into ``out`` (any float dtype, same shape);
-    raises :class:`NonFiniteError` naming the tensor if a value is not finite in ``out``'s dtype."""
-    o = resolve_options(method, options)
-    if method not in CHUNKED or (method != "linear" and base is None):
-        out.copy_(merge_tensor(method, name, tensors, weights, base, options))
-        _check_finite(out, name)
-        return out
-    methods._check(list(tensors) + ([base] if base is not None else []), None)
-    flat = [t.reshape(-1) for t in tensors]
-    b = base.reshape(-1) if base is not None else None
-    dst = out.view(-1)
-    n = dst.numel()
+def linear_chunks(dst: Tensor, tensors: Sequence[Tensor], base: Tensor | None, weights: Sequence[float], *,
+                  name: str, chunk: int, normalize: bool) -> None:
+    """Σ wᵢθᵢ (divided by Σ wᵢ when ``normalize``), slice by slice."""
     dtype = methods.work_dtype(tensors[0])
-    w = [float(x) for x in weights]
-    if method == "linear":
-        total = sum(w)
-        if o["normalize"] and abs(total) < 1e-12:
-            raise methods.AlmostLinearError("weights sum to zero; pass normalize=False or other weights")
-        in_place = dst.dtype == dtype  # accumulate straight into the output: no temporary, no copy
-        for s in range(0, n, chunk):
-            acc = torch.mul(flat[0][s:s + chunk].to(dtype), w[0], out=dst[s:s + chunk] if in_place else None)
-            for t, wi in zip(flat[1:], w[1:]):
-                acc.add_(t[s:s + chunk].to(dtype), alpha=wi)
-            if o["normalize"]:
-                acc.div_(total)
-            if in_place:
-                _check_finite(acc, name)
-            else:
-                _store(dst, s, acc, name)
-        return out
-    if method == "task_arithmetic":
-        total = sum(w) if o["normalize"] else 1.0
-        for s in range(0, n, chunk):
-            bc = b[s:s + chunk].to(dtype)
-            acc = torch.zeros_like(bc)
-            for t, wi in zip(flat, w):
-                acc.add_(t[s:s + chunk].to(dtype) - bc, alpha=wi)
-            _store(dst, s, bc + o["lam"] * acc / total, name)
-        return out
-    # TIES: one threshold per task vector, then everything is element-wise
-    densities = methods.per_input(o["density"], len(flat), "density")
+    total = sum(weights)
+    if normalize and abs(total) < 1e-12:
+        raise AlmostLinearError("weights sum to zero; pass normalize=False or other weights")
+    in_place = dst.dtype == dtype  # accumulate straight into the output: no temporary, no copy
+    for s in range(0, dst.numel(), chunk):
+        acc = torch.mul(tensors[0][s:s + chunk].to(dtype), weights[0], out=dst[s:s + chunk] if in_place else None)
+        for t, wi in zip(tensors[1:], weights[1:]):
+            acc.add_(t[s:s + chunk].to(dtype), alpha=wi)
+        if normalize:
+            acc.div_(total)
+        if in_place:
+            check_finite(acc, name)
+        else:
+            _store(dst, s, acc, name)
+
+
+def task_arithmetic_chunks(dst: Tensor, tensors: Sequence[Tensor], base: Tensor, weights: Sequence[float], *,
+                           name: str, chunk: int, lam: float, normalize: bool) -> None:
+    """θ_base + λ Σ wᵢ(θᵢ − θ_base), slice by slice."""
+    dtype = methods.work_dtype(tensors[0])
+    total = sum(weights) if normalize else 1.0
+    for s in range(0, dst.numel(), chunk):
+        bc = base[s:s + chunk].to(dtype)
+        acc = torch.zeros_like(bc)
+        for t, wi in zip(tensors, weights):
+            acc.add_(t[s:s + chunk].to(dtype) - bc, alpha=wi)
+        _store(dst, s, bc + lam * acc / total, name)
+
+
+def ties_chunks(dst: Tensor, tensors: Sequence[Tensor], base: Tensor, weights: Sequence[float], *,
+                name: str, chunk: int, density, lam: float, normalize: bool, election: str) -> None:
+    """TIES with one magnitude threshold per task vector, then everything element-wise."""
+    dtype = methods.work_dtype(tensors[0])
+    n = dst.numel()
+    densities = methods.per_input(density, len(tensors), "density")
     plans = []
-    for t, d in zip(flat, densities):
+    for t, d in zip(tensors, densities):
         k = methods.keep_count(d, n)
         if 0 < k < n:
-            magnitude = (t.to(dtype) - b.to(dtype)).abs()
+            magnitude = (t.to(dtype) - base.to(dtype)).abs()
             plans.append([k, *methods.magnitude_threshold(magnitude, k), 0])
             del magnitude
         else:
             plans.append([k, None, None, 0])
     for s in range(0, n, chunk):
-        bc = b[s:s + chunk].to(dtype)
+        bc = base[s:s + chunk].to(dtype)
         deltas = []
-        for t, plan in zip(flat, plans):
+        for t, plan in zip(tensors, plans):
             delta = t[s:s + chunk].to(dtype) - bc
             k, threshold, quota, seen = plan
             if k == 0:
@@ -110,6 +108,4 @@ def merge_into(method: str, name: str, tensors: Sequence[Tensor], weights: Seque
                                                            quota=quota)
                 delta = delta * keep.to(dtype)
             deltas.append(delta)
-        _store(dst, s, methods.consensus(bc, deltas, w, lam=o["lam"], normalize=o["normalize"],
-                                         election=o["election"]), name)
-    return out
+        _store(dst, s, methods.consensus(bc, deltas, weights, lam=lam, normalize=normalize, election=election), name)

@@ -1,12 +1,17 @@
-"""``almostlinear merge recipe.yaml --out DIR`` and ``almostlinear task-vector BASE FINETUNED --out FILE``."""
+"""``almostlinear merge recipe.yaml --out DIR`` and ``almostlinear task-vector BASE FINETUNED --out FILE``.
+
+Library errors (a bad recipe, inputs that do not fit, an existing output folder) reach the command
+line's one handler, which prints them as messages.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
-import sys
 
+from ..clitools import say
 from ..core.errors import AlmostLinearError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -23,32 +28,35 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
+def _as_message(command):
+    """Files that cannot be read or written are reported like library errors, without a traceback."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except OSError as error:
+            raise AlmostLinearError(str(error)) from error
+    return run
 
 
+@_as_message
 def merge_command(args: argparse.Namespace) -> int:
     from .plan import plan_merge
     from .recipe import parse_recipe
     from .run import merge_files
 
-    try:
-        recipe = parse_recipe(args.recipe)
-        plan = plan_merge(recipe, check_overflow=not args.no_overflow_check)
-        print(plan.summary())
-        if args.plan_only:
-            for t in plan.tensors:
-                print(f"  {t.name:60s} {str(t.shape):20s} {','.join(str(d).replace('torch.', '') for d in t.in_dtypes)}"
-                      f" -> {str(t.out_dtype).replace('torch.', '')}  {t.action}")
-            return 0
-        if args.out is None:
-            print("error: --out DIR is required unless --plan-only", file=sys.stderr)
-            return 2
-        result = merge_files(recipe, args.out, shard_bytes=args.shard_size, overwrite=args.overwrite,
-                             progress=not args.quiet, plan=plan)
-    except (AlmostLinearError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    recipe = parse_recipe(args.recipe)
+    plan = plan_merge(recipe, check_overflow=not args.no_overflow_check)
+    print(plan.summary())
+    if args.plan_only:
+        for t in plan.tensors:
+            print(f"  {t.name:60s} {str(t.shape):20s} {','.join(str(d).replace('torch.', '') for d in t.in_dtypes)}"
+                  f" -> {str(t.out_dtype).replace('torch.', '')}  {t.action}")
+        return 0
+    if args.out is None:
+        raise AlmostLinearError("--out DIR is required unless --plan-only")
+    result = merge_files(recipe, args.out, shard_bytes=args.shard_size, overwrite=args.overwrite,
+                         progress=not args.quiet, plan=plan)
     s = result.signals
     print(f"wrote {result.out} in {result.seconds:.1f}s")
     print("relative task-vector norms: " + ", ".join(f"{x:.4g}" for x in s["relative_norms"] if x is not None))
@@ -59,23 +67,21 @@ def merge_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@_as_message
 def task_vector_command(args: argparse.Namespace) -> int:
+    from .artifact import TaskVector
     from .stream import Checkpoint
-    from .task_vectors import TaskVector
 
-    try:
-        base, ft = Checkpoint(args.base), Checkpoint(args.finetuned)
-        names = [n for n in base.keys() if base.info(n).dtype.is_floating_point]
-        missing = [n for n in names if n not in ft]
-        if missing:
-            raise AlmostLinearError(f"tensor {missing[0]!r} is missing from {args.finetuned}")
-        b = {n: base.read(n) for n in names}
-        tv = TaskVector.from_state_dicts(b, {n: ft.read(n) for n in names})
-        base_norm = sum(float(v.double().pow(2).sum()) for v in b.values()) ** 0.5
-        tv.save(args.out)
-    except (AlmostLinearError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    base, ft = Checkpoint(args.base), Checkpoint(args.finetuned)
+    names = [n for n in base.keys() if base.info(n).dtype.is_floating_point]
+    missing = [n for n in names if n not in ft]
+    if missing:
+        raise AlmostLinearError(f"tensor {missing[0]!r} is missing from {args.finetuned}")
+    say(f"reading {len(names)} floating-point tensors from each model")
+    b = {n: base.read(n) for n in names}
+    tv = TaskVector.from_state_dicts(b, {n: ft.read(n) for n in names})
+    base_norm = sum(float(v.double().pow(2).sum()) for v in b.values()) ** 0.5
+    tv.save(args.out)
     print(f"task vector over {len(tv.deltas)} tensors ({tv.numel:,} numbers): |tau| = {tv.norm():.4g}, "
           f"|tau|/|theta_base| = {tv.norm() / base_norm:.4g}; saved to {args.out}")
     return 0

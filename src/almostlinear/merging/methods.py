@@ -11,12 +11,12 @@ arXiv 2306.01708 (trim, elect sign, disjoint mean); DARE arXiv 2311.03099 (drop 
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import torch
 
-from ..core.errors import AlmostLinearError, ShapeError
+from ..core.digest import PREFIX, digest
+from ..core.errors import AlmostLinearError, EmptyDataError, ShapeError, check_choice
 
 Tensor = torch.Tensor
 
@@ -34,13 +34,13 @@ def per_input(value: float | Sequence[float], n: int, what: str) -> list[float]:
         return [float(value)] * n
     values = [float(v) for v in value]
     if len(values) != n:
-        raise AlmostLinearError(f"{len(values)} values of {what} for {n} models")
+        raise ShapeError(f"{len(values)} values of {what} for {n} models")
     return values
 
 
 def _check(tensors: Sequence[Tensor], weights: Sequence[float] | None = None) -> None:
     if not tensors:
-        raise AlmostLinearError("nothing to merge: no input tensors")
+        raise EmptyDataError("nothing to merge: no input tensors")
     shape = tensors[0].shape
     for i, t in enumerate(tensors):
         if t.shape != shape:
@@ -48,7 +48,7 @@ def _check(tensors: Sequence[Tensor], weights: Sequence[float] | None = None) ->
         if not t.is_floating_point():
             raise AlmostLinearError(f"input {i} has dtype {t.dtype}; merges need floating-point tensors")
     if weights is not None and len(weights) != len(tensors):
-        raise AlmostLinearError(f"{len(weights)} weights for {len(tensors)} tensors")
+        raise ShapeError(f"{len(weights)} weights for {len(tensors)} tensors")
 
 
 def linear(tensors: Sequence[Tensor], weights: Sequence[float], *, normalize: bool = True) -> Tensor:
@@ -143,9 +143,14 @@ def trim_magnitude(delta: Tensor, density: float) -> Tensor:
     return (flat * keep.to(flat.dtype)).reshape(delta.shape)
 
 
-def tensor_seed(seed: int, name: str) -> int:
-    """A per-tensor seed, so random drops do not depend on the order tensors are visited."""
-    return (zlib.crc32(name.encode()) * 1_000_003 + int(seed)) % (2**63 - 1)
+def dare_seed(seed: int, model: int, name: str) -> int:
+    """The seed of the random drops of input ``model`` in tensor ``name``: a hash of all three.
+
+    Hashing the tensor's name makes the drops independent of the order tensors are visited; hashing
+    the pair (seed, model) rather than adding them keeps runs with adjacent seeds apart (with
+    ``seed + model``, model 1 of seed s would drop exactly what model 0 of seed s + 1 drops).
+    """
+    return int(digest(f"dare:{int(seed)}:{int(model)}:{name}")[len(PREFIX):], 16) % (2**63 - 1)
 
 
 def dare(delta: Tensor, density: float, *, generator: torch.Generator | None = None,
@@ -156,8 +161,7 @@ def dare(delta: Tensor, density: float, *, generator: torch.Generator | None = N
     expectation); ``"l1"`` restores the tensor's L1 norm exactly (mergekit's choice); ``"none"``
     keeps the survivors as they are.
     """
-    if rescale not in DARE_RESCALES:
-        raise AlmostLinearError(f"unknown DARE rescale {rescale!r}; choose one of {DARE_RESCALES}")
+    check_choice(rescale, DARE_RESCALES, "DARE rescale")
     if not 0.0 < density <= 1.0:
         raise AlmostLinearError(f"DARE density (keep probability) must lie in (0, 1], got {density}")
     if density >= 1.0:
@@ -188,8 +192,7 @@ def consensus(base: Tensor, deltas: Sequence[Tensor], weights: Sequence[float], 
     ``normalize`` the agreeing entries are averaged with their weights (the disjoint mean);
     without it they are summed with their weights.
     """
-    if election not in SIGN_ELECTIONS:
-        raise AlmostLinearError(f"unknown sign election {election!r}; choose one of {SIGN_ELECTIONS}")
+    check_choice(election, SIGN_ELECTIONS, "sign election")
     dtype = work_dtype(base)
     stack = torch.stack([d.to(dtype) for d in deltas])
     w = torch.tensor([float(x) for x in weights], dtype=dtype).reshape(-1, *([1] * base.dim()))
@@ -220,7 +223,7 @@ def _dared(b: Tensor, tensors: Sequence[Tensor], density, rescale: str, seed: in
     densities = per_input(density, len(tensors), "density")
     out = []
     for i, (t, d) in enumerate(zip(tensors, densities)):
-        g = torch.Generator().manual_seed(tensor_seed(seed + i, name))
+        g = torch.Generator().manual_seed(dare_seed(seed, i, name))
         out.append(dare(t.to(b.dtype) - b, d, generator=g, rescale=rescale))
     return out
 

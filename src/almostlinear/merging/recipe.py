@@ -3,7 +3,7 @@
 Accepted (mergekit's meaning)::
 
     merge_method: linear | slerp | task_arithmetic | ties | dare_linear | dare_ties
-    base_model: path            # required by every method except linear
+    base_model: path            # required by every method that uses a base (all but linear)
     models:
       - model: path
         parameters: {weight: 0.5, density: 0.2}
@@ -19,8 +19,12 @@ of L getting position i/(L−1); tensors outside the layers take the first value
 Two additions: ``election: paper | weighted`` (TIES sign rule; default ``paper``, the rule of
 arXiv 2306.01708; mergekit elects on weighted deltas) and ``seed`` (DARE's random drops).
 ``slerp`` interpolates each whole tensor (the original SLERP of two flattened vectors); mergekit's
-current ``slerp`` works row by row, so its output differs. Anything else (``slices``, ``modules``, ``tokenizer``, ``tokenizer_source: union``, unknown keys)
-is refused with a message naming the key, never silently ignored.
+current ``slerp`` works row by row, so its output differs. Anything else (``slices``, ``modules``,
+``tokenizer``, ``tokenizer_source: union``, unknown keys) is refused with a message naming the key,
+never silently ignored.
+
+Which parameters a method accepts, their defaults and which ones may be set per model come from
+the method's record (:mod:`.registry`), so a newly registered method is usable in recipes at once.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import AlmostLinearError, ModelNotFoundError
-from .dispatch import METHODS
+from .registry import REQUIRED, lookup
 
 TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source",
             "chat_template", "name"}
@@ -45,29 +49,13 @@ UNSUPPORTED_TOP = {
     "tokenizer": "tokenizer surgery is not supported; use tokenizer_source: base or a model path",
 }
 MODEL_KEYS = {"model", "parameters"}
-PER_MODEL = {"weight", "density"}
-SHARED = {"normalize", "lambda", "t", "int8_mask", "rescale", "election", "seed"}
-# mergekit's defaults per method, so that a recipe means here what it means there
-RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": {"normalize": True},
-    "slerp": {},
-    "task_arithmetic": {"normalize": False, "lambda": 1.0},
-    "ties": {"normalize": True, "lambda": 1.0, "density": 1.0, "election": "paper"},
-    "dare_linear": {"normalize": False, "lambda": 1.0, "density": 1.0, "rescale": True, "seed": 0},
-    "dare_ties": {"normalize": False, "lambda": 1.0, "density": 1.0, "rescale": True, "seed": 0,
-                  "election": "paper"},
-}
-ALLOWED: dict[str, set[str]] = {
-    "linear": {"weight", "normalize", "int8_mask"},
-    "slerp": {"t"},
-    "task_arithmetic": {"weight", "normalize", "lambda", "int8_mask"},
-    "ties": {"weight", "density", "normalize", "lambda", "int8_mask", "election"},
-    "dare_linear": {"weight", "density", "normalize", "lambda", "int8_mask", "rescale", "seed"},
-    "dare_ties": {"weight", "density", "normalize", "lambda", "int8_mask", "rescale", "seed", "election"},
-}
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
                "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64"}
 _LAYER = re.compile(r"\.(\d+)\.")
+
+
+class RecipeError(AlmostLinearError):
+    """A recipe this reader cannot follow: a key it does not know or support, a value it cannot read."""
 
 
 @dataclass(frozen=True)
@@ -91,17 +79,15 @@ class Recipe:
 
     def value(self, key: str, tensor: str, position: float, model: int | None = None) -> Any:
         """The parameter ``key`` for one tensor (and one model, for per-model keys)."""
-        setting = None
         if model is not None and key in self.models[model].parameters:
             setting = self.models[model].parameters[key]
         elif key in self.parameters:
             setting = self.parameters[key]
-        elif key in RECIPE_DEFAULTS[self.method]:
-            return RECIPE_DEFAULTS[self.method][key]
-        elif key == "weight":
-            return 1.0
         else:
-            raise AlmostLinearError(f"{self.method} needs parameter {key!r} and the recipe does not give it")
+            default = lookup(self.method).recipe_default(key)
+            if default is REQUIRED:
+                raise RecipeError(f"{self.method} needs parameter {key!r} and the recipe does not give it")
+            return default
         return evaluate(setting, tensor, position, key)
 
 
@@ -122,7 +108,7 @@ def evaluate(setting: Any, tensor: str, position: float, key: str) -> Any:
             for cond in setting:
                 extra = set(cond) - {"filter", "value"}
                 if extra or "value" not in cond:
-                    raise AlmostLinearError(f"parameter {key!r}: a filter entry needs 'filter' and 'value' "
+                    raise RecipeError(f"parameter {key!r}: a filter entry needs 'filter' and 'value' "
                                             f"only, got keys {sorted(cond)}")
                 f = cond.get("filter")
                 if f is None or f == "*" or f in tensor:
@@ -130,7 +116,7 @@ def evaluate(setting: Any, tensor: str, position: float, key: str) -> Any:
             return None
         if all(isinstance(v, (bool, str)) for v in setting):
             return setting[int(position * (len(setting) - 1))]
-    raise AlmostLinearError(f"parameter {key!r} has a value this reader does not understand: {setting!r}")
+    raise RecipeError(f"parameter {key!r} has a value this reader does not understand: {setting!r}")
 
 
 def layer_position(name: str, n_layers: int) -> float:
@@ -160,17 +146,17 @@ def _model_ref(entry: Any, where: str) -> str:
         return entry
     if isinstance(entry, Mapping) and "model" in entry and isinstance(entry["model"], str):
         return entry["model"]
-    raise AlmostLinearError(f"{where}: expected a model path, got {entry!r}")
+    raise RecipeError(f"{where}: expected a model path, got {entry!r}")
 
 
 def _check_params(params: Any, allowed: set[str], where: str, method: str) -> dict[str, Any]:
     if params is None:
         return {}
     if not isinstance(params, Mapping):
-        raise AlmostLinearError(f"{where}: 'parameters' must be a mapping, got {params!r}")
+        raise RecipeError(f"{where}: 'parameters' must be a mapping, got {params!r}")
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise AlmostLinearError(f"{where}: unknown parameter {unknown[0]!r} for merge_method {method!r} "
+        raise RecipeError(f"{where}: unknown parameter {unknown[0]!r} for merge_method {method!r} "
                                 f"(accepted: {', '.join(sorted(allowed))})")
     return dict(params)
 
@@ -184,7 +170,7 @@ def parse_recipe(source: str | os.PathLike | Mapping[str, Any], *, root: str | o
     else:
         p = Path(source) if not (isinstance(source, str) and "\n" in source) else None
         if p is not None and not p.is_file() and p.suffix in (".yaml", ".yml"):
-            raise AlmostLinearError(f"no recipe file at {p}")
+            raise RecipeError(f"no recipe file at {p}")
         if p is not None and p.is_file():
             text = p.read_text()
             root = root or p.parent
@@ -193,64 +179,72 @@ def parse_recipe(source: str | os.PathLike | Mapping[str, Any], *, root: str | o
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise AlmostLinearError(f"the recipe is not valid YAML: {error}") from error
+            raise RecipeError(f"the recipe is not valid YAML: {error}") from error
     if not isinstance(data, Mapping):
-        raise AlmostLinearError("a recipe is a YAML mapping with at least 'merge_method' and 'models'")
+        raise RecipeError("a recipe is a YAML mapping with at least 'merge_method' and 'models'")
     for key in data:
         if key in UNSUPPORTED_TOP:
-            raise AlmostLinearError(f"recipe key {key!r}: {UNSUPPORTED_TOP[key]}")
+            raise RecipeError(f"recipe key {key!r}: {UNSUPPORTED_TOP[key]}")
         if key not in TOP_KEYS:
-            raise AlmostLinearError(f"unknown recipe key {key!r} (accepted: {', '.join(sorted(TOP_KEYS))})")
+            raise RecipeError(f"unknown recipe key {key!r} (accepted: {', '.join(sorted(TOP_KEYS))})")
     method = data.get("merge_method")
-    if method not in METHODS:
-        raise AlmostLinearError(f"recipe key 'merge_method': {method!r} is not one of {', '.join(METHODS)}")
-    allowed = ALLOWED[method]
+    record = lookup(method, "merge_method")
+    if record.in_memory_only:
+        needed = [k for k, p in record.params.items() if p.default is REQUIRED]
+        raise RecipeError(f"merge_method {method!r} needs statistics of each model ({', '.join(needed)}) and runs in "
+                          f"memory only: use almostlinear.merging.merge_state_dicts({method!r}, ...)")
+    keys = record.recipe_keys()
+    allowed = set(keys)
     root_path = Path(root) if root is not None else None
     fix = (lambda ref: resolve_model(ref, root_path)) if resolve else (lambda ref: Path(ref))
     base_ref = data.get("base_model")
     base = fix(_model_ref(base_ref, "base_model")) if base_ref is not None else None
     raw_models = data.get("models")
     if not isinstance(raw_models, list) or not raw_models:
-        raise AlmostLinearError("recipe key 'models' must be a non-empty list of {model: path, parameters: ...}")
+        raise RecipeError("recipe key 'models' must be a non-empty list of {model: path, parameters: ...}")
     entries: list[ModelEntry] = []
     for i, raw in enumerate(raw_models):
         where = f"models[{i}]"
         if isinstance(raw, Mapping):
             unknown = sorted(set(raw) - MODEL_KEYS)
             if unknown:
-                raise AlmostLinearError(f"{where}: unknown key {unknown[0]!r} (accepted: model, parameters)")
+                raise RecipeError(f"{where}: unknown key {unknown[0]!r} (accepted: model, parameters)")
         ref = _model_ref(raw, where)
         params = _check_params(raw.get("parameters") if isinstance(raw, Mapping) else None,
-                               allowed & PER_MODEL, where, method)
+                               {k for k in allowed if record.params[keys[k]].per_model}, where, method)
         path = fix(ref)
-        if method != "linear" and base is not None and path.resolve() == base.resolve():
+        if record.uses_base and base is not None and path.resolve() == base.resolve():
             continue  # mergekit lets the base appear among the models; it is not a task vector
         entries.append(ModelEntry(path, params))
     params = _check_params(data.get("parameters"), allowed, "parameters", method)
-    if method == "slerp":
-        if base is None or len(entries) != 1:
-            raise AlmostLinearError("slerp needs base_model and exactly one other model under 'models'")
-        if "t" not in params:
-            raise AlmostLinearError("slerp needs parameter 't' (0 gives the base model, 1 the other)")
-    elif method != "linear" and base is None:
-        raise AlmostLinearError(f"merge_method {method!r} needs 'base_model': task vectors are differences from it")
+    if record.uses_base and base is None:
+        raise RecipeError(f"merge_method {method!r} needs 'base_model'"
+                          + (": task vectors are differences from it" if record.needs_base else ""))
+    if record.inputs is not None and len(entries) + (base is not None) != record.inputs:
+        raise RecipeError(f"{method} merges exactly {record.inputs} models, the base included: give base_model and "
+                          f"{record.inputs - 1} other model(s) under 'models'")
+    for key, option in keys.items():
+        p = record.params[option]
+        if record.recipe_default(key) is REQUIRED and key not in params and not (
+                p.per_model and all(key in e.parameters for e in entries)):
+            raise RecipeError(f"{method} needs parameter {key!r}" + (f" ({p.doc})" if p.doc else ""))
     if not entries:
-        raise AlmostLinearError("the recipe lists no models besides the base")
+        raise RecipeError("the recipe lists no models besides the base")
     dtypes = {}
     for key in ("dtype", "out_dtype"):
         value = data.get(key)
         if value is not None and value not in DTYPE_NAMES:
-            raise AlmostLinearError(f"recipe key {key!r}: unknown dtype {value!r} (use float32, float16, bfloat16)")
+            raise RecipeError(f"recipe key {key!r}: unknown dtype {value!r} (use float32, float16, bfloat16)")
         dtypes[key] = DTYPE_NAMES.get(value) if value is not None else None
     tokenizer = data.get("tokenizer_source")
     if tokenizer == "union":
-        raise AlmostLinearError("recipe key 'tokenizer_source': 'union' is not supported; use 'base' or a model path")
+        raise RecipeError("recipe key 'tokenizer_source': 'union' is not supported; use 'base' or a model path")
     if tokenizer in (None, "base"):
         tokenizer_path = base if base is not None else entries[0].path
     else:
         tokenizer_path = fix(str(tokenizer))
     template = data.get("chat_template")
     if template not in (None, "auto"):
-        raise AlmostLinearError("recipe key 'chat_template': only 'auto' (keep the tokenizer source's template) "
-                                "is supported")
+        raise RecipeError("recipe key 'chat_template': only 'auto' (keep the tokenizer source's template) "
+                          "is supported")
     return Recipe(method, entries, base, params, dtypes["dtype"], dtypes["out_dtype"], tokenizer_path, text)

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 
 from ..core.errors import AlmostLinearError
-from .chunked import merge_into
+from .dispatch import merge_into
 from .plan import DTYPES, MergePlan, plan_merge
-from .recipe import ALLOWED, Recipe, layer_position, parse_recipe
+from .recipe import Recipe, layer_position, parse_recipe
+from .registry import lookup
 from .signals import MergeSignals
 from .writer import DEFAULT_SHARD_BYTES, AtomicShardedWriter, OutputTensor
 
@@ -35,26 +36,24 @@ class MergeResult:
 
 
 def tensor_options(recipe: Recipe, name: str, position: float) -> tuple[list[float], dict[str, Any]]:
-    """Weights (one per model) and the method's options for one tensor, in the dispatcher's terms."""
+    """Weights (one per model) and the method's options for one tensor, in the dispatcher's terms:
+    each parameter of the method's record, read under its recipe key and converted by its record."""
     n = len(recipe.models)
-    allowed = ALLOWED[recipe.method]
-    weights = ([float(recipe.value("weight", name, position, i)) for i in range(n)]
-               if "weight" in allowed else [1.0] * n)
+    weights = [1.0] * n
     options: dict[str, Any] = {}
-    if "density" in allowed:
-        options["density"] = [float(recipe.value("density", name, position, i)) for i in range(n)]
-    for key in sorted(allowed - {"weight", "density", "int8_mask"}):
-        value = recipe.value(key, name, position)
-        if key == "lambda":
-            options["lam"] = float(value)
-        elif key == "rescale":
-            options["rescale"] = value if isinstance(value, str) else ("l1" if value else "none")
-        elif key == "seed":
-            options["seed"] = int(value)
-        elif key == "t":
-            options["t"] = float(value)
+    for option, p in lookup(recipe.method).params.items():
+        if p.ignored:
+            continue
+        key = p.recipe_key or option
+        convert = p.from_recipe or (lambda value: value)
+        if p.per_model:
+            value = [convert(recipe.value(key, name, position, i)) for i in range(n)]
         else:
-            options[key] = value
+            value = convert(recipe.value(key, name, position))
+        if option == "weight":
+            weights = value
+        else:
+            options[option] = value
     return weights, options
 
 

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from ..core.errors import AlmostLinearError, EmptyDataError, NonFiniteError, ShapeError
-from .dispatch import merge_tensor, needs_base, resolve_options
+from .dispatch import merge_tensor
+from .registry import lookup
 
 Tensor = torch.Tensor
 StateDict = Mapping[str, Tensor]
@@ -41,23 +42,27 @@ def check_compatible(state_dicts: Sequence[StateDict], names: Sequence[str] | No
 
 def merge_state_dicts(method: str, state_dicts: Sequence[StateDict], *, weights: Sequence[float] | None = None,
                       base: StateDict | None = None, **options: Any) -> dict[str, Tensor]:
-    """Merge state dicts with one of ``linear``, ``slerp``, ``task_arithmetic``, ``ties``,
-    ``dare_linear``, ``dare_ties``.
+    """Merge state dicts with any registered method (:data:`.registry.METHODS`): ``linear``,
+    ``slerp``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``regmean``, ``fisher``.
 
     ``weights`` has one entry per dict in ``state_dicts`` (default: all 1, so ``linear`` is the
-    uniform average). ``base`` is the model the task vectors are measured from; methods other than
-    ``linear`` and ``slerp`` need it. Non-float tensors (integer buffers) must be equal in every
-    input and are copied. Options are the method's (see ``dispatch.METHODS``), e.g. ``density``,
-    ``lam``, ``normalize``, ``t``, ``election``, ``rescale``, ``seed``.
+    uniform average). ``base`` is the model the task vectors are measured from; methods whose record
+    says ``base="required"`` need it. Non-float tensors (integer buffers) must be equal in every
+    input and are copied. Options are the method's parameters, e.g. ``density``, ``lam``,
+    ``normalize``, ``t``, ``election``, ``rescale``, ``seed`` (``grams`` for RegMean, ``fishers`` for
+    Fisher merging).
     """
-    resolve_options(method, options)
+    record = lookup(method)
+    resolved = record.resolve(options)
     if not state_dicts:
         raise EmptyDataError("no state dicts to merge")
-    if needs_base(method) and base is None:
+    if record.needs_base and base is None:
         raise AlmostLinearError(f"{method} needs base=: task vectors are differences from a base model")
     w = [1.0] * len(state_dicts) if weights is None else [float(x) for x in weights]
     if len(w) != len(state_dicts):
-        raise AlmostLinearError(f"{len(w)} weights for {len(state_dicts)} state dicts")
+        raise ShapeError(f"{len(w)} weights for {len(state_dicts)} state dicts")
+    if record.in_memory_only:
+        return record.fn(state_dicts, w, **resolved)
     everything = ([base] if base is not None else []) + list(state_dicts)
     labels = (["base"] if base is not None else []) + [f"model {i}" for i in range(len(state_dicts))]
     keys = check_compatible(everything, labels)

@@ -4,25 +4,16 @@ Also the hygiene the probing literature asks for: grouped cross-validation, cont
 selectivity (arXiv 1909.03368), and a small MLP probe to measure what a linear read misses.
 """
 
-from .control import SelectivityResult, control_labels, selectivity
-from .cv import CVResult, cross_validate, grouped_folds
-from .linear import METHODS, LinearProbe, accuracy, fit_linear, fit_logistic, fit_mass_mean, fit_ridge
-from .mlp import MLPProbe, fit_mlp
+from __future__ import annotations
 
-__all__ = [
-    "CVResult",
-    "LinearProbe",
-    "METHODS",
-    "MLPProbe",
-    "SelectivityResult",
-    "accuracy",
-    "control_labels",
-    "cross_validate",
-    "fit_linear",
-    "fit_logistic",
-    "fit_mass_mean",
-    "fit_mlp",
-    "fit_ridge",
-    "grouped_folds",
-    "selectivity",
-]
+from ..core.lazy import lazy_exports
+
+# Names resolve on first use, so importing ``almostlinear.probes.cli`` to build the parser does not import torch.
+_PUBLIC = {
+    "artifact": ("LinearProbe",),
+    "control": ("SelectivityResult", "control_labels", "selectivity"),
+    "cv": ("CVResult", "cross_validate", "grouped_folds"),
+    "linear": ("METHODS", "accuracy", "fit_linear", "fit_logistic", "fit_mass_mean", "fit_ridge"),
+    "mlp": ("MLPProbe", "fit_mlp"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -30,7 +30,7 @@ def grouped_folds(groups: Sequence[Hashable] | None, k: int = 5, *, n: int | Non
     so fold sizes are as even as the groups allow.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+        raise ShapeError(f"k must be an integer >= 2, got {k!r}")
     if groups is None:
         if n is None:
             raise ShapeError("give either groups or the number of examples n")

@@ -18,12 +18,9 @@ serves the read levers here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ..core.artifact import Artifact, Provenance, Where
-from ..core.errors import ShapeError
+from ..core.errors import ShapeError, check_choice
 from ..core.linalg import spd_solve
 from ._data import as_layers, standardize, to_raw_units
 from .logistic import fit_logistic
@@ -31,87 +28,22 @@ from .logistic import fit_logistic
 METHODS = ("logistic", "ridge", "mass_mean", "mass_mean_whitened")
 
 
-@dataclass(frozen=True)
-class LinearProbe(Artifact):
-    """``predict(x) = x @ weight + bias > 0``. ``weight`` is ``[d]``, ``bias`` a 0-d tensor."""
-
-    kind = "linear-probe"
-    weight: torch.Tensor
-    bias: torch.Tensor
-
-    @classmethod
-    def fit(cls, x: torch.Tensor, y, *, method: str = "logistic", l2: float = 1e-2, site=None,
-            data_hash: str | None = None, model_fingerprint: str | None = None) -> LinearProbe:
-        """Fit one probe on ``x`` ``[n, d]`` with ``method`` (one of :data:`METHODS`) and record
-        where it came from. ``site`` is a ``Site`` or ``"resid_post.5"``."""
-        if torch.as_tensor(x).dim() != 2:
-            raise ShapeError(f"LinearProbe.fit takes x as [n, d]; got {tuple(torch.as_tensor(x).shape)} "
-                             "(use the fitters directly for many layers at once)")
-        weight, bias = fit_linear(x, y, method=method, l2=l2)
-        return cls.from_weights(weight, bias, method=method, site=site, data_hash=data_hash,
-                                model_fingerprint=model_fingerprint, extra={"l2": l2} if _penalised(method) else {})
-
-    @classmethod
-    def from_weights(cls, weight: torch.Tensor, bias: torch.Tensor, *, method: str, site=None,
-                     data_hash: str | None = None, model_fingerprint: str | None = None,
-                     extra: dict | None = None) -> LinearProbe:
-        """Wrap fitted weights with their provenance (site, layer, method, data hash, model)."""
-        name, layer = _site_parts(site)
-        provenance = Provenance(model_fingerprint=model_fingerprint, where=Where.at(name, layer), method=method,
-                                data_hash=data_hash, units="raw activations; decision > 0 means label True",
-                                extra=dict(extra or {}))
-        return cls(weight.detach().clone(), torch.as_tensor(bias).detach().clone().reshape(()),
-                   provenance=provenance)
-
-    def decision(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.weight.shape[0]:
-            raise ShapeError(f"probe expects {self.weight.shape[0]} features, got {x.shape[-1]}")
-        return x.to(self.weight.dtype) @ self.weight + self.bias
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decision(x) > 0
-
-    def score(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        return float((self.predict(x) == torch.as_tensor(y).bool()).double().mean())
-
-    def as_direction(self) -> torch.Tensor:
-        """The unit vector ``[d]`` along which the decision grows (towards label True), float32.
-
-        Steering adds multiples of it; it is the weight, which for whitened or logistic probes is
-        not the direction between class means (arXiv 2310.06824 finds the mass-mean one more causal).
-        """
-        norm = self.weight.double().norm()
-        if not torch.isfinite(norm) or norm == 0:
-            raise ShapeError("the probe's weight is zero or not finite: it has no direction")
-        return (self.weight.double() / norm).float()
-
-
-def _site_parts(site) -> tuple[str | None, int | None]:
-    if site is None:
-        return None, None
-    if isinstance(site, str):
-        from ..core.sites import Site
-
-        site = Site.parse(site)
-    return site.name, site.layer
-
-
-def _penalised(method: str) -> bool:
+def penalised(method: str) -> bool:
+    """Whether ``method`` takes an L2 penalty."""
     return method in ("logistic", "ridge")
 
 
 def fit_linear(x: torch.Tensor, y, *, method: str = "logistic", l2: float | torch.Tensor = 1e-2
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch to the fitter named ``method``; ``l2`` is ignored by the mass-mean methods."""
+    check_choice(method, METHODS, "probe method")
     if method == "logistic":
         return fit_logistic(x, y, l2=l2)
     if method == "ridge":
         return fit_ridge(x, y, l2=l2)
     if method == "mass_mean":
         return fit_mass_mean(x, y)
-    if method == "mass_mean_whitened":
-        return fit_mass_mean(x, y, whiten=True)
-    raise ValueError(f"unknown probe method {method!r}; choose one of {', '.join(METHODS)}")
+    return fit_mass_mean(x, y, whiten=True)
 
 
 def fit_ridge(x: torch.Tensor, y, *, l2: float | torch.Tensor = 1e-2, standardize_features: bool = True
@@ -129,7 +61,7 @@ def fit_ridge(x: torch.Tensor, y, *, l2: float | torch.Tensor = 1e-2, standardiz
     tc = (target - target.mean()).expand(layers, n)[..., None]
     lam = torch.as_tensor(l2, dtype=torch.float64).reshape(-1).expand(layers)
     if bool((lam < 0).any()):
-        raise ValueError(f"l2 must be non-negative, got {l2!r}")
+        raise ShapeError(f"l2 must be non-negative, got {l2!r}")
     # Each layer has its own l2: fold it into the matrix so one batched solve serves all layers.
     eye = torch.eye(min(n, d), dtype=torch.float64)
     if n >= d:  # primal: (Z^T Z / n + l2 I) w = Z^T t / n

@@ -25,6 +25,7 @@ import warnings
 
 import torch
 
+from ..core.errors import ShapeError
 from ._data import as_layers, standardize, to_raw_units
 
 HISTORY = 4  # past steps kept in the subspace besides the new direction
@@ -117,7 +118,7 @@ def fit_logistic(x: torch.Tensor, y, *, l2: float | torch.Tensor = 1e-3, max_ite
     layers, n, d = z.shape
     lam = torch.as_tensor(l2, dtype=torch.float64).reshape(-1).expand(layers).clone()
     if bool((lam <= 0).any()):
-        raise ValueError(f"l2 must be positive, got {l2!r}")
+        raise ShapeError(f"l2 must be positive, got {l2!r}")
     if n < d and n <= DUAL_MAX_EXAMPLES:
         w, b = _solve_dual(z, t, lam, max_iter, tol)
     else:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ..core.section import AuditContext, Need, Section
-from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, CausalSection, Need, SiteRows
 from ..core.sites import Site
 from ..data import split
 from .control import selectivity
@@ -23,31 +23,22 @@ SMALL_MODEL_NOTE = (
 )
 
 
-class TruthProbes(Section):
+class TruthProbes(CausalSection):
     id = "truth_probes"
     title = "Truth probes"
-
-    def applicable(self, ctx: AuditContext) -> str | None:
-        if not ctx.causal:
-            return "statement filtering by the model's own knowledge needs a causal language model"
-        return None
+    causal_reason = "statement filtering by the model's own knowledge needs a causal language model"
 
     def needs(self, ctx: AuditContext) -> list[Need]:
-        n = ctx.structure.n_layers
-        self.sites = tuple(Site("resid_post", i) for i in range(n))
-        self.rows: list[torch.Tensor] = []
-        self.index: list[torch.Tensor] = []
-        return [Need("cities", self.sites, positions="last")]
+        self.rows = SiteRows(Site("resid_post", i) for i in range(ctx.structure.n_layers))
+        return [Need("cities", self.rows.sites, positions="last")]
 
     def consume(self, source: str, batch: Batch) -> None:
-        self.rows.append(torch.stack([batch.activations[s].float().cpu() for s in self.sites]))
-        self.index.append(batch.text_index)
+        self.rows.add(batch)
 
     def finish(self, ctx: AuditContext) -> SectionResult:
         result = SectionResult(self.id, self.title)
-        statements = ctx.sources["cities"]
-        acts = torch.cat(self.rows, dim=1)  # [layers, n, d]
-        order = torch.cat(self.index)
+        statements = ctx.items("cities")
+        acts, order = self.rows.result()  # [layers, n, d], each row's statement
         labels = torch.tensor([statements[i].label for i in order.tolist()])
         subjects = [statements[i].subject for i in order.tolist()]
         positions = list(range(len(subjects)))
@@ -68,7 +59,7 @@ class TruthProbes(Section):
             best = max(range(len(values)), key=lambda i: values[i])
             result.metrics.append(Metric(f"truth_{kind}_best_accuracy", values[best], "fraction", [0.71, 0.83],
                                          "arXiv 2304.13734", note=f"at block {best}; reference is for 7B models"))
-        meta = ctx.sources.get("cities_meta", {})
+        meta = ctx.sources.get("cities_meta", {})  # filled by the audit's own statement source only
         result.metrics += [
             Metric("chance_accuracy", 0.5, "fraction", note="classes are balanced by construction"),
             Metric("statements_train", int(len(train)), "statements"),

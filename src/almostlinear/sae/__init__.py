@@ -1,29 +1,17 @@
 """Superposition: sparse autoencoders (TopK, arXiv 2406.04093, and ReLU with an L1 penalty) trained on
 streamed activations, their standard scores (L0, FVU, cross-entropy recovered), and their latents as
-steering directions."""
+steering levers."""
 
-from .artifact import LatentDirection, SparseAutoencoder
-from .autoencoder import ReluSAE, SparseAutoencoderModule, TopKSAE, topk_activation
-from .evaluate import SaeEvaluation, evaluate_sae
-from .metrics import ce_recovered, dead_fraction, fvu, l0
-from .train import SAETrainer, TrainingLog, default_lr, fit_sae, train_sae
+from __future__ import annotations
 
-__all__ = [
-    "LatentDirection",
-    "ReluSAE",
-    "SAETrainer",
-    "SaeEvaluation",
-    "SparseAutoencoder",
-    "SparseAutoencoderModule",
-    "TopKSAE",
-    "TrainingLog",
-    "ce_recovered",
-    "dead_fraction",
-    "default_lr",
-    "evaluate_sae",
-    "fit_sae",
-    "fvu",
-    "l0",
-    "topk_activation",
-    "train_sae",
-]
+from ..core.lazy import lazy_exports
+
+# Names resolve on first use, so importing ``almostlinear.sae.cli`` to build the parser does not import torch.
+_PUBLIC = {
+    "artifact": ("LatentDirection", "SparseAutoencoder"),
+    "autoencoder": ("ReluSAE", "SparseAutoencoderModule", "TopKSAE", "topk_activation"),
+    "evaluate": ("SaeEvaluation", "evaluate_sae"),
+    "metrics": ("ce_recovered", "dead_fraction", "fvu", "l0"),
+    "train": ("SAETrainer", "TrainingLog", "default_lr", "fit_sae", "train_sae"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

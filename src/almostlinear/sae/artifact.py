@@ -1,32 +1,45 @@
-"""The fitted SAE as a frozen artifact, and its latents as steering directions."""
+"""The fitted SAE and its latents, as levers on a model.
+
+:class:`SparseAutoencoder` splices its reconstruction into the forward pass (``apply``, strength a
+fraction of the way from the activation to its reconstruction); :meth:`SparseAutoencoder.direction`
+turns one latent into a :class:`LatentDirection`, which adds the latent's typical contribution.
+Both act through hooks and have no exact form in the weights, so ``bake_`` refuses.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..core.artifact import Artifact
-from ..core.errors import LayerError, ShapeError
+from ..core.artifact import Artifact, Provenance
+from ..core.errors import LayerError, LeverError, ShapeError, SiteError, check_choice
 from ..core.hooks import Positions, add, replace
+from ..core.lever import Baked, as_model, check_fingerprint, check_strength
 from ..core.sites import Site
 from .autoencoder import ReluSAE, SparseAutoencoderModule, TopKSAE, check_activations, topk_activation
 
 ACTIVATIONS = ("topk", "relu")
+MODES = ("splice", "steer")
 
 
 @dataclass(frozen=True)
 class SparseAutoencoder(Artifact):
-    """A sparse autoencoder in the units of the site it was trained on.
+    """A sparse autoencoder working in the units of the activations at the site it was trained on.
 
     ``latent_mean`` is each latent's mean activation over the tokens where it fired and
     ``latent_frequency`` the share of tokens where it fired, both measured on training activations.
+    As a lever, its strength is a fraction (see :meth:`apply`); ``mode="steer"`` takes "typical" units.
     """
 
-    kind = "sae"
+    kind = "sae.autoencoder"
+    strength_units = ("fraction", "typical")
+    bakes = False
 
     W_enc: torch.Tensor  # [d, width]
     b_enc: torch.Tensor  # [width]
@@ -40,8 +53,7 @@ class SparseAutoencoder(Artifact):
     tokens: int = 0  # training tokens seen (counting repeats)
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise ShapeError(f"unknown SAE activation {self.activation!r}; use one of {ACTIVATIONS}")
+        check_choice(self.activation, ACTIVATIONS, "SAE activation")
         d, width = self.W_enc.shape
         expected = {"b_enc": (width,), "W_dec": (width, d), "b_dec": (d,), "latent_mean": (width,),
                     "latent_frequency": (width,)}
@@ -61,7 +73,8 @@ class SparseAutoencoder(Artifact):
 
     @property
     def site(self) -> Site | None:
-        return Site.parse(self.provenance.site) if self.provenance.site else None
+        """The site it reads and writes, from ``provenance.where``."""
+        return _site_of(self.provenance)
 
     # -- maths on [n, d] activations -------------------------------------------------------------
 
@@ -102,63 +115,115 @@ class SparseAutoencoder(Artifact):
     def _site_for(self, site) -> Site:
         chosen = site or self.site
         if chosen is None:
-            raise ShapeError("this SAE records no site: pass site='resid_post.LAYER'")
+            raise SiteError("this SAE records no site: pass site='resid_post.LAYER'")
         return Site.parse(chosen) if isinstance(chosen, str) else chosen
 
     @contextlib.contextmanager
-    def splice(self, model: nn.Module, *, site=None, positions: Positions = "all",
-               structure=None) -> Iterator[None]:
-        """Replace the site's activation by its reconstruction while the context is open."""
+    def apply(self, model: Any, strength: float = 1.0, *, mode: str = "splice", latent: int | None = None,
+              site=None, positions: Positions = "all", structure=None, strict: bool = False) -> Iterator[nn.Module]:
+        """Splice the SAE into the forward pass (or steer along one latent) while the context is open.
+
+        ``mode="splice"``: the activation ``x`` at the site becomes ``x + strength * (x_hat - x)``, so
+        ``strength`` is a fraction: 1 replaces it by its reconstruction ``x_hat``, 0 leaves it alone.
+        ``mode="steer"``: add ``strength`` times latent ``latent``'s typical contribution
+        (:meth:`direction`; strength in "typical" units). Yields the module; the hooks go on exit.
+        """
+        check_choice(mode, MODES, "SAE mode")
+        view = as_model(model, structure=structure)
+        if mode == "steer":
+            if latent is None:
+                raise LeverError("mode='steer' adds one latent's direction: pass latent=INDEX")
+            with self.direction(latent).apply(view, strength, site=site, positions=positions, strict=strict) as module:
+                yield module
+            return
+        if latent is not None:
+            raise LeverError("latent= is for mode='steer'; a splice reconstructs every latent")
+        fraction = check_strength(strength, "fraction")
+        check_fingerprint(self, view, strict=strict)
         chosen = self._site_for(site)
 
         def reconstruct(hidden: torch.Tensor) -> torch.Tensor:
-            return self.reconstruct(hidden)
+            rebuilt = self.reconstruct(hidden)
+            return rebuilt if fraction == 1.0 else hidden + fraction * (rebuilt - hidden)
 
-        with replace(model, chosen, reconstruct, positions=positions, structure=structure):
-            yield
+        with replace(view.module, chosen, reconstruct, positions=positions, structure=view.structure):
+            yield view.module
+
+    def bake_(self, model: Any, strength: float = 1.0, **options: Any) -> Baked:
+        """Refused: a splice is a non-linear function of the activation, with no exact form in the weights."""
+        raise LeverError("an SAE splice is not linear in the activation, so no weight change reproduces it: "
+                         "use `with sae.apply(model): ...` instead of bake_")
 
     def direction(self, latent: int) -> LatentDirection:
-        """Latent ``latent`` as a steering direction: its unit decoder row and typical strength."""
+        """Latent ``latent`` as a steering lever: its unit decoder row and typical strength."""
+        if isinstance(latent, bool) or not isinstance(latent, numbers.Integral):
+            raise LayerError(f"a latent is an int index, got {latent!r}")
         if not -self.width <= latent < self.width:
             raise LayerError(f"latent {latent} is outside this SAE's {self.width} latents")
-        latent %= self.width
+        latent = int(latent) % self.width
         row = self.W_dec[latent].double()
         norm = float(row.norm())
+        source = self.provenance
+        provenance = Provenance(model_fingerprint=source.model_fingerprint, where=source.where,
+                                method=f"{source.method or 'sae'} latent", data_hash=source.data_hash,
+                                units="typical", extra={"width": self.width})
         return LatentDirection(direction=(row / norm).float(), typical=float(self.latent_mean[latent]) * norm,
-                               latent=latent, frequency=float(self.latent_frequency[latent]),
-                               site=self.provenance.site)
-
-    @contextlib.contextmanager
-    def steer(self, model: nn.Module, latent: int, strength: float = 1.0, *, site=None,
-              positions: Positions = "all", structure=None) -> Iterator[None]:
-        """Add ``strength`` times the latent's typical contribution at the site."""
-        with self.direction(latent).apply(model, strength, site=site or self.provenance.site,
-                                          positions=positions, structure=structure):
-            yield
+                               latent=latent, frequency=float(self.latent_frequency[latent]), provenance=provenance)
 
     def check_inputs(self, x: torch.Tensor) -> None:
         check_activations(x, self.d)
 
 
 @dataclass(frozen=True)
-class LatentDirection:
-    """One latent as a steering direction. ``typical`` is the norm of what the latent writes when it
-    fires (mean activation times decoder-row norm), the natural unit of steering strength."""
+class LatentDirection(Artifact):
+    """One SAE latent as a steering lever: adds ``strength * typical * direction`` at the SAE's site.
+
+    ``typical`` is the norm of what the latent writes when it fires (mean activation times
+    decoder-row norm), so strength 1 adds one typical firing of the latent and one number means the
+    same for every latent. ``frequency`` is the share of training tokens where it fired.
+    """
+
+    kind = "sae.latent_direction"
+    strength_units = ("typical",)
+    bakes = False
 
     direction: torch.Tensor  # [d], unit norm
     typical: float
     latent: int
     frequency: float
-    site: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction.dim() != 1:
+            raise ShapeError(f"a latent direction is a vector [d], got shape {tuple(self.direction.shape)}")
+
+    @property
+    def site(self) -> Site | None:
+        return _site_of(self.provenance)
 
     def vector(self, strength: float = 1.0) -> torch.Tensor:
         return self.direction * (strength * self.typical)
 
     @contextlib.contextmanager
-    def apply(self, model: nn.Module, strength: float = 1.0, *, site=None, positions: Positions = "all",
-              structure=None) -> Iterator[None]:
+    def apply(self, model: Any, strength: float = 1.0, *, site=None, positions: Positions = "all",
+              structure=None, strict: bool = False) -> Iterator[nn.Module]:
+        """Add ``strength`` typical firings of the latent at the site while the context is open."""
+        value = check_strength(strength, "typical")
+        view = as_model(model, structure=structure)
+        check_fingerprint(self, view, strict=strict)
         chosen = site or self.site
         if chosen is None:
-            raise ShapeError("no site given for this latent direction: pass site='resid_post.LAYER'")
-        with add(model, chosen, self.vector(strength), positions=positions, structure=structure):
-            yield
+            raise SiteError("no site given for this latent direction: pass site='resid_post.LAYER'")
+        with add(view.module, chosen, self.vector(value), positions=positions, structure=view.structure):
+            yield view.module
+
+    def bake_(self, model: Any, strength: float = 1.0, **options: Any) -> Baked:
+        """Refused: no weight of every architecture adds a constant at any site exactly, so there is no exact bake."""
+        raise LeverError("a latent direction has no exact bake: a constant added at a site is not a weight of "
+                         "every block; use `with direction.apply(model, strength): ...`")
+
+
+def _site_of(provenance: Provenance) -> Site | None:
+    where = provenance.where
+    if where is None or where.site is None or where.layer is None:
+        return None
+    return Site(where.site, where.layer)

@@ -152,7 +152,7 @@ class ReluSAE(SparseAutoencoderModule):
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__(d, width, seed=seed, dtype=dtype)
         if not l1 >= 0:
-            raise ValueError(f"the L1 coefficient must be non-negative, got {l1}")
+            raise ShapeError(f"the L1 coefficient must be non-negative, got {l1}")
         self.l1 = float(l1)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:

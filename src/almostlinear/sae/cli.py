@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from ..clitools import load_artifact, load_model, say
 from ..core.digest import data_hash
-
-
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
 
 
 def _texts(loaded, args, seed: int) -> list[str]:
@@ -24,7 +20,7 @@ def _texts(loaded, args, seed: int) -> list[str]:
         return [line for line in lines if line]
     from .. import data
 
-    _say(f"sampling {args.texts} neutral texts from the model (cached after the first run)")
+    say(f"sampling {args.texts} neutral texts from the model (cached after the first run)")
     return data.neutral_texts(loaded.model, loaded.tokenizer, args.texts, max_new_tokens=args.new_tokens, seed=seed,
                               cache_key=loaded.fingerprint)
 
@@ -36,13 +32,11 @@ def _site(loaded, text: str | None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .. import data
     from ..core.artifact import Provenance, Where
     from ..core.collect import collect
-    from ..core.models import load
     from .train import fit_sae, train_sae
 
-    loaded = load(args.model, device=args.device, progress=_say)
+    loaded = load_model(args.model, device=args.device)
     site = _site(loaded, args.site).normalized(loaded.structure)
     texts = _texts(loaded, args, seed=args.seed)
     d = site.width(loaded.structure)
@@ -50,20 +44,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     common = dict(activation=args.activation, k=args.k, l1=args.l1, lr=args.lr, batch_size=args.batch_size,
                   seed=args.seed)
     if args.epochs > 1:
-        _say(f"reading {site} over {len(texts)} texts")
+        say(f"reading {site} over {len(texts)} texts")
         acts = collect(loaded.model, loaded.tokenizer, texts, site, skip_first=True, max_length=args.max_length,
                        structure=loaded.structure)[site]
         if args.max_tokens:
             acts = acts[: args.max_tokens]
-        provenance = Provenance(model_fingerprint=loaded.fingerprint, where=Where.at(str(site), site.layer),
-                                method=f"sae-{args.activation}", data_hash=data_hash(texts), units="site",
+        provenance = Provenance(model_fingerprint=loaded.fingerprint, where=Where.at(str(site)),
+                                method=f"sae-{args.activation}", data_hash=data_hash(texts), units="fraction",
                                 extra={"width": width, "epochs": args.epochs})
-        _say(f"training a {args.activation} SAE with {width} latents for {args.epochs} passes over "
+        say(f"training a {args.activation} SAE with {width} latents for {args.epochs} passes over "
              f"{acts.shape[0]} tokens")
         sae = fit_sae(acts.float(), width, epochs=args.epochs, provenance=provenance, progress=args.progress,
                       **common)
     else:
-        _say(f"training a {args.activation} SAE with {width} latents on {site}, streaming")
+        say(f"training a {args.activation} SAE with {width} latents on {site}, streaming")
         sae = train_sae(loaded.model, loaded.tokenizer, texts, site, width, max_tokens=args.max_tokens,
                         buffer_tokens=args.buffer_tokens, max_length=args.max_length, structure=loaded.structure,
                         model_fingerprint=loaded.fingerprint, data_hash=data_hash(texts),
@@ -76,16 +70,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..core.artifact import load as load_artifact
-    from ..core.models import load
     from .artifact import SparseAutoencoder
     from .evaluate import evaluate_sae
 
-    sae = load_artifact(args.sae)
-    if not isinstance(sae, SparseAutoencoder):
-        print(f"{args.sae} holds a {sae.kind}, not an SAE", file=sys.stderr)
-        return 2
-    loaded = load(args.model, device=args.device, progress=_say)
+    sae = load_artifact(args.sae, SparseAutoencoder)
+    loaded = load_model(args.model, device=args.device)
     sae.check_model(loaded.fingerprint)
     texts = _texts(loaded, args, seed=args.seed)
     scores = evaluate_sae(sae, loaded.model, loaded.tokenizer, texts, site=args.site, ablation=args.ablation,
@@ -105,7 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    from ..core.models import DEFAULT_MODEL
+    from ..core.defaults import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or hub id")
     parser.add_argument("--device", default="cpu")

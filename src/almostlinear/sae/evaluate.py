@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.collect import model_device, tokenize
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.errors import EmptyDataError, ShapeError, check_choice
 from ..core.hooks import record, replace
 from ..core.locate import locate
 from ..core.sites import as_sites
@@ -73,8 +73,7 @@ def evaluate_sae(sae: SparseAutoencoder, model: nn.Module, tokenizer, texts: Seq
     texts = [t for t in texts if t]
     if not texts:
         raise EmptyDataError("no texts to evaluate the SAE on")
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}: use one of {ABLATIONS}")
+    check_choice(ablation, ABLATIONS, "ablation")
     structure = structure or locate(model)
     (chosen,) = as_sites(structure, site or sae.site)
     width = chosen.width(structure)
@@ -95,7 +94,7 @@ def evaluate_sae(sae: SparseAutoencoder, model: nn.Module, tokenizer, texts: Seq
         sae.check_inputs(x)
         xs.append(x.cpu())
         zs.append(sae.encode(x).cpu())
-        with sae.splice(model, site=chosen, positions=positions, structure=structure):
+        with sae.apply(model, site=chosen, positions=positions, structure=structure):
             spliced, _ = _ce_sum(model, inputs)
         fill = torch.zeros(width) if ablation == "zero" else x.mean(0)
         with replace(model, chosen, fill.to(device), positions=positions, structure=structure):

@@ -25,15 +25,14 @@ class SaeSection(Section):
     title = "Sparse autoencoder (superposition)"
 
     def _settings(self, ctx: AuditContext) -> dict:
-        quick = ctx.budget.neutral_texts <= 48
-        small = ctx.budget.neutral_texts <= 8
+        quick = ctx.quick
         return {
             "expansion": 2 if quick else 4,
             "k": 32,
-            "epochs": 4 if small else 8 if quick else 10,
+            "epochs": 8 if quick else 10,
             "max_tokens": 6000 if quick else 40_000,
-            "ce_texts": 2 if small else 4 if quick else 16,
-            "ce_length": 32 if small else 48 if quick else 128,
+            "ce_texts": 4 if quick else 16,
+            "ce_length": 48 if quick else 128,
         }
 
     def needs(self, ctx: AuditContext) -> list[Need]:
@@ -55,7 +54,6 @@ class SaeSection(Section):
         self.seen += acts.shape[0]
 
     def finish(self, ctx: AuditContext) -> SectionResult:
-
         result = SectionResult(self.id, self.title)
         s = self.settings
         if not self.rows:
@@ -73,7 +71,8 @@ class SaeSection(Section):
         with one_thread():
             sae = fit_sae(x_train, width, k=k, epochs=s["epochs"], batch_size=256, seed=ctx.seed,
                           device=model_device(ctx.loaded.model),
-                          provenance=Provenance(model_fingerprint=ctx.loaded.fingerprint, where=Where.at(str(self.site), self.site.layer), method="sae-topk", units="site"))
+                          provenance=Provenance(model_fingerprint=ctx.loaded.fingerprint,
+                                                where=Where.at(str(self.site)), method="sae-topk", units="fraction"))
             texts = ctx.texts("neutral")
             held_texts = [t for i, t in enumerate(texts) if i % 4 == 3][: s["ce_texts"]]
             scores = None

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.artifact import Provenance, Where
-from ..core.errors import EmptyDataError, ShapeError
-from .artifact import SparseAutoencoder
+from ..core.errors import EmptyDataError, ShapeError, check_choice
+from .artifact import ACTIVATIONS, SparseAutoencoder
 from .autoencoder import ReluSAE, SparseAutoencoderModule, TopKSAE, check_activations, check_width
 from .metrics import fvu as fvu_of
 
@@ -52,14 +52,13 @@ class SAETrainer:
                  dead_tokens: int = 100_000, k_aux: int | None = None, aux_coef: float = AUX_COEF,
                  seed: int = 0, device: str | torch.device = "cpu") -> None:
         check_width(d, width)
+        check_choice(activation, ACTIVATIONS, "SAE activation")
         if activation == "topk":
             self.sae: SparseAutoencoderModule = TopKSAE(d, width, k, seed=seed)  # k > width raises
-        elif activation == "relu":
-            self.sae = ReluSAE(d, width, l1, seed=seed)
         else:
-            raise ShapeError(f"unknown SAE activation {activation!r}: use 'topk' or 'relu'")
+            self.sae = ReluSAE(d, width, l1, seed=seed)
         if batch_size < 1 or buffer_tokens < 1:
-            raise ValueError("batch_size and buffer_tokens must be positive")
+            raise ShapeError(f"batch_size and buffer_tokens must be positive, got {batch_size} and {buffer_tokens}")
         self.sae.to(device)
         self.device = torch.device(device)
         self.d, self.width, self.activation = d, width, activation
@@ -195,7 +194,7 @@ class SAETrainer:
                 W_dec=(sae.W_dec / s).detach().cpu().clone(), b_dec=(sae.b_dec / s).detach().cpu().clone(),
                 latent_mean=mean_active.cpu(), latent_frequency=frequency.cpu(), activation=self.activation,
                 k=getattr(sae, "k", 0), l1=getattr(sae, "l1", 0.0), tokens=self.tokens,
-                provenance=provenance or Provenance(method=f"sae-{self.activation}", units="site"),
+                provenance=provenance or Provenance(method=f"sae-{self.activation}", units="fraction"),
             )
 
 
@@ -274,8 +273,8 @@ def train_sae(model, tokenizer, texts: Sequence[str], site, width: int, *, activ
             break
     if bar is not None:
         bar.close()
-    provenance = Provenance(model_fingerprint=model_fingerprint, where=Where.at(str(chosen), chosen.layer),
-                            method=f"sae-{activation}", data_hash=data_hash, units="site",
+    provenance = Provenance(model_fingerprint=model_fingerprint, where=Where.at(str(chosen)),
+                            method=f"sae-{activation}", data_hash=data_hash, units="fraction",
                             extra={"width": width, "k": k if activation == "topk" else None,
                                    "l1": l1 if activation == "relu" else None})
     return trainer.result(provenance=provenance)

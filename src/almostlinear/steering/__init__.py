@@ -9,8 +9,8 @@ from ..core.lazy import lazy_exports
 # Names resolve on first use (PEP 562), so importing ``almostlinear.steering.cli`` to build the
 # command-line parser does not import torch through this package.
 _PUBLIC = {
-    "ablation": ("BakedAblation", "DirectionalAblation", "ablate", "bake_ablation_", "baked_ablation"),
-    "bake": ("BakedSteering", "bake_steering_"),
+    "ablation": ("ablate", "bake_ablation_", "baked_ablation"),
+    "artifact": ("DirectionalAblation", "SteeringVector", "applied"),
     "behaviour": ("Behaviour", "GeneratedScore", "TokenPreference"),
     "combined": ("Additivity", "CrossEffects", "additivity", "compose", "cosine_matrix", "cross_effects"),
     "cost": ("SideEffects", "side_effects"),
@@ -20,6 +20,5 @@ _PUBLIC = {
              "linear_fit", "steerability"),
     "fit": ("as_pairs", "fit_steering", "fit_steering_layers", "read_pairs"),
     "generate": ("generate_steered",),
-    "vector": ("SteeringVector", "applied"),
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

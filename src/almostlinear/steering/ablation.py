@@ -10,28 +10,33 @@ all layers ablated the baked model computes what the hooked one does, up to roun
 head is untied first (it keeps the original weights), since the final norm's gain can reintroduce
 the direction before the head reads it.
 
-Limitation: architectures that normalise a sublayer's output before adding it to the stream
-(e.g. Gemma-2 post-sublayer norms) or normalise the stream itself after each addition (post-LN
-encoders such as BERT, whose norm biases write into the stream) are not made exactly equivalent by
-baking; the hooked form still removes the direction from every block input.
+A strength ``s`` between 0 and 1 removes that share of the component. Hooked, every ablated site
+removes ``s`` of what reaches it, so the shares compound along the stream; baked, each writer loses
+``s`` of its component once. The two agree at ``s = 1`` (and ``s = 0``) only.
+
+The bake refuses, before changing anything, architectures that normalise a sublayer's output before
+adding it to the stream (Gemma-2/3, OLMo-2) or the stream itself after each addition (post-LN
+encoders such as BERT, whose norm biases write into the stream), where orthogonal writers would not
+keep the direction out, and mixtures of experts, whose experts it does not orthogonalise; the
+hooked form works on all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..core.artifact import Artifact, Provenance, Where
-from ..core.errors import NonFiniteError, ShapeError
+from ..core.errors import LeverError, NonFiniteError, ShapeError
 from ..core.hooks import Positions, intervene
-from ..core.locate import Structure, linear_weight, locate
+from ..core.lever import Baked, as_model, bake_weights, check_strength
+from ..core.locate import Structure, linear_weight
 from ..core.sites import Site
+from .bake import module_name
 
-OPERATION = "directional-ablation"
+KIND = "steering.ablation"
 ABLATED_SITES = ("resid_pre", "attn_out", "mlp_out")
 
 
@@ -55,15 +60,11 @@ def orthonormal_basis(directions: torch.Tensor, width: int | None = None) -> tor
     return q[:, keep].T.contiguous()
 
 
-def project_out_rows(matrix: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``matrix - (matrix B^T) B``: remove the span of ``basis`` from each row (float64 maths)."""
+def project_out_rows(matrix: torch.Tensor, basis: torch.Tensor, fraction: float = 1.0) -> torch.Tensor:
+    """``matrix - s (matrix B^T) B``: remove the share ``s`` of each row's component in the span of
+    ``basis`` (all of it by default; float64 maths)."""
     m = matrix.double()
-    return m - (m @ basis.T) @ basis
-
-
-def _module(model) -> nn.Module:
-    """The ``nn.Module`` of a LoadedModel, or the module itself."""
-    return model.model if not isinstance(model, nn.Module) and hasattr(model, "model") else model
+    return m - fraction * ((m @ basis.T) @ basis)
 
 
 def _layers(structure: Structure, layers) -> list[int]:
@@ -75,16 +76,18 @@ def _layers(structure: Structure, layers) -> list[int]:
 
 
 @contextlib.contextmanager
-def ablate(model, direction: torch.Tensor, *, layers: Sequence[int] | int | None = None,
-           positions: Positions = "all", structure: Structure | None = None) -> Iterator[None]:
+def ablate(model, direction: torch.Tensor, *, strength: float = 1.0, layers: Sequence[int] | int | None = None,
+           positions: Positions = "all", structure: Structure | None = None) -> Iterator[nn.Module]:
     """Project ``direction`` (``[d]`` or a span ``[k, d]``) out of the residual stream while open.
 
-    At each chosen layer: the block's input and its attention and MLP outputs. ``layers=None``
-    is every layer (the setting in which :func:`bake_ablation_` is equivalent).
+    At each chosen layer: the block's input and its attention and MLP outputs. ``strength`` is the
+    fraction of the component removed at each of those sites (1: all of it, 0: nothing).
+    ``layers=None`` is every layer (the setting in which :func:`bake_ablation_` is equivalent).
+    ``model`` is an ``nn.Module`` or a ``LoadedModel``; yields the module.
     """
-    module = _module(model)
-    structure = structure or getattr(model, "structure", None) or locate(module)
-    basis = orthonormal_basis(direction, structure.d_model)
+    view = as_model(model, structure=structure)
+    fraction = check_strength(strength, "fraction")
+    basis = orthonormal_basis(direction, view.structure.d_model)
     cache: dict = {}
 
     def edit(hidden: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -92,11 +95,11 @@ def ablate(model, direction: torch.Tensor, *, layers: Sequence[int] | int | None
         if key not in cache:
             cache[key] = basis.to(dtype=hidden.dtype, device=hidden.device)
         b = cache[key]
-        return hidden - chosen[..., None].to(hidden.dtype) * ((hidden @ b.T) @ b)
+        return hidden - (chosen[..., None].to(hidden.dtype) * fraction) * ((hidden @ b.T) @ b)
 
-    edits = {Site(name, layer): edit for layer in _layers(structure, layers) for name in ABLATED_SITES}
-    with intervene(module, edits, positions=positions, structure=structure):
-        yield
+    edits = {Site(name, layer): edit for layer in _layers(view.structure, layers) for name in ABLATED_SITES}
+    with intervene(view.module, edits, positions=positions, structure=view.structure):
+        yield view.module
 
 
 def residual_writers(model: nn.Module, structure: Structure) -> tuple[list[nn.Module], list[nn.Module]]:
@@ -117,130 +120,88 @@ def residual_writers(model: nn.Module, structure: Structure) -> tuple[list[nn.Mo
     return embeddings, projections
 
 
-@dataclass
-class BakedAblation:
-    """What :func:`bake_ablation_` changed, kept so :meth:`undo` restores the model bit for bit."""
-
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (parameter, original copy)
-    untied_head: nn.Module | None = None
-    shared_weight: nn.Parameter | None = None
-    config: object | None = None
-    tie_flag: object = None
-    done: bool = False
-
-    def undo(self) -> None:
-        """Put back every original weight (and re-tie the head); calling twice does nothing."""
-        if self.done:
-            return
-        with torch.no_grad():
-            for parameter, original in self.saved:
-                parameter.copy_(original)
-        if self.untied_head is not None:
-            self.untied_head.weight = self.shared_weight
-        if self.config is not None:
-            self.config.tie_word_embeddings = self.tie_flag
-        self.done = True
+def _refuse(structure: Structure) -> None:
+    """Refuse, before any change, the models on which the baked form is not the hooked one."""
+    if structure.final_norm is None or any(block.post_norms for block in structure.blocks):
+        raise LeverError(f"{structure.model_type} normalises what its sublayers write (post-norm), so "
+                         "orthogonalising the writers does not keep the direction out of the stream; "
+                         "ablate with apply() (hooks) instead")
+    moe = [block.index for block in structure.blocks if block.moe]
+    if moe:
+        raise LeverError(f"blocks {moe} are mixtures of experts, whose experts' down projections this bake does "
+                         "not orthogonalise; ablate with apply() (hooks) instead")
 
 
-def bake_ablation_(model, direction: torch.Tensor, *, structure: Structure | None = None) -> BakedAblation:
+def bake_ablation_(model, direction: torch.Tensor, *, strength: float = 1.0,
+                   structure: Structure | None = None) -> Baked:
     """Orthogonalise every residual-stream writer against ``direction``, in place.
 
-    Returns a :class:`BakedAblation` whose ``undo()`` restores the original weights exactly. A tied
-    output head is given its own copy of the weights (and ``config.tie_word_embeddings`` is set to
-    False so a saved checkpoint keeps them apart).
+    ``W <- W - s B^T B W`` for each writer (``s`` = ``strength``, 1 removes the whole component).
+    Returns a :class:`~almostlinear.core.lever.Baked` whose ``undo_()`` restores the original
+    weights exactly. A tied output head is given its own copy of the weights (and
+    ``config.tie_word_embeddings`` is set to False so a saved checkpoint keeps them apart); the undo
+    ties it again.
     """
-    module = _module(model)
-    structure = structure or locate(module)
-    basis = orthonormal_basis(direction, structure.d_model)
-    record = BakedAblation()
-    embeddings, projections = residual_writers(module, structure)
-    try:
-        with torch.no_grad():
-            if structure.tied_embeddings and structure.unembedding is not None:
-                head = structure.unembedding
-                record.untied_head, record.shared_weight = head, head.weight
-                head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
-                config = getattr(module, "config", None)
-                if config is not None and hasattr(config, "tie_word_embeddings"):
-                    record.config, record.tie_flag = config, config.tie_word_embeddings
-                    config.tie_word_embeddings = False
+    view = as_model(model, structure=structure)
+    module, found = view.module, view.structure
+    fraction = check_strength(strength, "fraction")
+    basis = orthonormal_basis(direction, found.d_model)
+    _refuse(found)
+    embeddings, projections = residual_writers(module, found)
+    names = [f"{module_name(module, emb)}.weight" for emb in embeddings]
+    for proj in projections:
+        prefix = module_name(module, proj)
+        names += [f"{prefix}.weight"] + ([f"{prefix}.bias"] if getattr(proj, "bias", None) is not None else [])
+    untie, retie = _untying(module, found)
+
+    def change() -> None:
+        untie()
+        try:
             for emb in embeddings:
-                _save(record, emb.weight)
-                emb.weight.copy_(project_out_rows(emb.weight, basis.to(emb.weight.device)).to(emb.weight.dtype))
+                b = basis.to(emb.weight.device)
+                emb.weight.copy_(project_out_rows(emb.weight, b, fraction).to(emb.weight.dtype))
             for proj in projections:
                 weight = linear_weight(proj)  # [out = d_model, in], a view for Conv1D
-                _save(record, proj.weight)
                 b = basis.to(weight.device)
-                weight.copy_((weight.double() - b.T @ (b @ weight.double())).to(weight.dtype))
+                weight.copy_((weight.double() - fraction * (b.T @ (b @ weight.double()))).to(weight.dtype))
                 bias = getattr(proj, "bias", None)
                 if bias is not None:
-                    _save(record, bias)
-                    bias.copy_(project_out_rows(bias[None], b)[0].to(bias.dtype))
-    except BaseException:
-        record.undo()
-        raise
-    return record
+                    bias.copy_(project_out_rows(bias[None], b, fraction)[0].to(bias.dtype))
+        except BaseException:
+            retie()
+            raise
+
+    return bake_weights(view, names, change, kind=KIND, on_undo=retie if found.tied_embeddings else None)
 
 
-def _save(record: BakedAblation, parameter: torch.Tensor) -> None:
-    if not any(p is parameter for p, _ in record.saved):
-        record.saved.append((parameter, parameter.detach().clone()))
+def _untying(module: nn.Module, structure: Structure):
+    """``(untie, retie)``: give a tied output head its own copy of the weights, and tie it again."""
+    head = structure.unembedding
+    if not structure.tied_embeddings or head is None:
+        return (lambda: None), (lambda: None)
+    shared = head.weight
+    config = getattr(module, "config", None)
+    flag = getattr(config, "tie_word_embeddings", None)
+
+    def untie() -> None:
+        head.weight = nn.Parameter(shared.detach().clone(), requires_grad=shared.requires_grad)
+        if flag is not None:
+            config.tie_word_embeddings = False
+
+    def retie() -> None:
+        head.weight = shared
+        if flag is not None:
+            config.tie_word_embeddings = flag
+
+    return untie, retie
 
 
 @contextlib.contextmanager
-def baked_ablation(model, direction: torch.Tensor, *, structure: Structure | None = None) -> Iterator[BakedAblation]:
+def baked_ablation(model, direction: torch.Tensor, *, strength: float = 1.0,
+                   structure: Structure | None = None) -> Iterator[nn.Module]:
     """:func:`bake_ablation_` for the duration of the context, undone on exit (also on errors)."""
-    record = bake_ablation_(model, direction, structure=structure)
+    record = bake_ablation_(model, direction, strength=strength, structure=structure)
     try:
-        yield record
+        yield as_model(model).module
     finally:
-        record.undo()
-
-
-@dataclass(frozen=True)
-class DirectionalAblation(Artifact):
-    """A direction (or span, ``[k, d]``) to ablate from the residual stream at ``layers`` (empty = all)."""
-
-    kind = "directional-ablation"
-    directions: torch.Tensor
-    layers: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        if self.directions.dim() != 2:
-            raise ShapeError("directions must be [k, d]")
-
-    @classmethod
-    def from_direction(cls, direction: torch.Tensor, *, layers: Sequence[int] | None = None,
-                       model_fingerprint: str | None = None, method: str | None = None,
-                       data_hash: str | None = None, site: str | None = None) -> DirectionalAblation:
-        """Store the orthonormalised span of ``direction``; ``site``/``method`` record where it came from."""
-        basis = orthonormal_basis(direction).float()
-        name, layer = (Site.parse(site).name, Site.parse(site).layer) if site else (None, None)
-        provenance = Provenance(model_fingerprint=model_fingerprint, where=Where.at(name, layer), method=method,
-                                data_hash=data_hash, units="unit directions in the residual stream",
-                                extra={"operation": OPERATION, "ablated_sites": list(ABLATED_SITES)})
-        return cls(basis, tuple(layers or ()), provenance=provenance)
-
-    def _check(self, model) -> nn.Module:
-        module = _module(model)
-        if self.provenance.model_fingerprint is not None:
-            from ..core.models import fingerprint
-
-            self.check_model(getattr(model, "fingerprint", None) or fingerprint(module))
-        return module
-
-    @contextlib.contextmanager
-    def apply(self, model, *, positions: Positions = "all", structure: Structure | None = None) -> Iterator[None]:
-        """Hooked ablation while the context is open; the model is untouched on exit."""
-        module = self._check(model)
-        with ablate(module, self.directions, layers=self.layers or None, positions=positions,
-                    structure=structure or getattr(model, "structure", None)):
-            yield
-
-    def bake_(self, model, *, structure: Structure | None = None) -> BakedAblation:
-        """Permanent (until ``undo()``) weight orthogonalisation; only for all-layer ablations."""
-        if self.layers:
-            raise ShapeError("only an all-layer ablation can be baked into the weights (layers=())")
-        module = self._check(model)
-        return bake_ablation_(module, self.directions, structure=structure or getattr(model, "structure", None))
+        record.undo_()

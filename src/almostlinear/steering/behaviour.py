@@ -94,7 +94,7 @@ class GeneratedScore:
 
     def __call__(self, model, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
         texts = generate_steered(model, tokenizer, prompts, None, max_new_tokens=self.max_new_tokens,
-                                 batch_size=self.batch_size, chat=self.chat, check=False)
+                                 batch_size=self.batch_size, chat=self.chat)
         if self.keep_texts:
             self.texts.append(texts)
         return torch.as_tensor([float(s) for s in self.score(texts)], dtype=torch.float64)

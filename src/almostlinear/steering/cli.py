@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
-from ..core.errors import AlmostLinearError, EmptyDataError
+from ..clitools import load_artifact, load_model, say
+from ..core.errors import EmptyDataError
 from .choices import METHODS, PAIR_SETS, READS, UNITS
 
 
@@ -42,42 +42,29 @@ def read_pairs_file(spec: str) -> list[tuple[str, str]]:
 
 
 def _positions(text: str):
-    if text.startswith("last:"):
-        return ("last", int(text.split(":", 1)[1]))
-    return text
+    """``all``, ``prompt``, ``generated`` or ``last:K`` as a position policy."""
+    from .positions import from_header
 
-
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
-
-
-def _load_model(name: str | None):
-    from ..core.models import DEFAULT_MODEL, load
-
-    return load(name or DEFAULT_MODEL, progress=_say)
+    return from_header(text)
 
 
 def _load_vector(path: str):
-    from ..core.artifact import load
-    from .vector import SteeringVector
+    from .artifact import SteeringVector
 
-    vector = load(path)
-    if not isinstance(vector, SteeringVector):
-        raise EmptyDataError(f"{path} holds a {vector.kind!r}, not a steering vector")
-    return vector
+    return load_artifact(path, SteeringVector)
 
 
 def fit_command(args) -> int:
     from .fit import fit_steering
 
-    loaded = _load_model(args.model)
+    loaded = load_model(args.model)
     pairs = read_pairs_file(args.pairs)
-    _say(f"fitting {args.method} at {args.site}.{args.layer} from {len(pairs)} pairs")
+    say(f"fitting {args.method} at {args.site}.{args.layer} from {len(pairs)} pairs")
     vector = fit_steering(loaded, pairs=pairs, layer=args.layer, site=args.site, method=args.method, read=args.read,
                           positions=_positions(args.positions), progress=args.progress)
     path = vector.save(args.out)
     norms = ", ".join(f"{k} {v:.4g}" for k, v in vector.norms.items())
-    print(f"saved {path}: {vector.method} at {vector.site}.{vector.layer}; {norms}")
+    print(f"saved {path}: {vector.provenance.method} at {vector.site}.{vector.layer}; {norms}")
     print(f"strength 1 adds a vector of norm {vector.norms['residual_median']:.4g} (the median residual norm)")
     return 0
 
@@ -88,7 +75,7 @@ def generate_command(args) -> int:
     from .generate import generate_steered
 
     vector = _load_vector(args.vector)
-    loaded = _load_model(args.model)
+    loaded = load_model(args.model)
     prompts = args.prompt or [sentiment.NEUTRAL_PROMPTS[0]]
     positions = _positions(args.positions) if args.positions else None
     kwargs = dict(positions=positions, units=args.units, max_new_tokens=args.max_new_tokens, chat=args.chat)
@@ -105,7 +92,7 @@ def generate_command(args) -> int:
         texts = data.neutral_texts(loaded.model, loaded.tokenizer, args.side_effects, max_new_tokens=64,
                                    cache_key=loaded.fingerprint)
         cost = side_effects(loaded, None, texts, lambda: vector.apply(loaded, args.strength, positions=positions,
-                                                                        units=args.units, check=False),
+                                                                        units=args.units),
                             max_length=96, skip_first=True)
         print(f"side effects on {len(texts)} neutral texts: {cost}")
     return 0
@@ -117,7 +104,7 @@ def dose_command(args) -> int:
     from .dose import dose_response
 
     vector = _load_vector(args.vector)
-    loaded = _load_model(args.model)
+    loaded = load_model(args.model)
     strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
     prompts = list(sentiment.NEUTRAL_PROMPTS[: args.prompts])
     if args.words and args.against:
@@ -141,17 +128,6 @@ def dose_command(args) -> int:
     return 0
 
 
-def _run(func):
-    def wrapped(args) -> int:
-        try:
-            return func(args)
-        except AlmostLinearError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-
-    return wrapped
-
-
 def register(sub) -> None:
     """Add ``steer`` with ``fit``, ``generate`` and ``dose`` to an argparse sub-parsers object."""
     steer = sub.add_parser("steer", help="steering vectors: fit, generate, dose-response")
@@ -168,7 +144,7 @@ def register(sub) -> None:
     fit.add_argument("--positions", default="all", help="all, prompt, generated or last:K")
     fit.add_argument("--out", required=True)
     fit.add_argument("--progress", action="store_true")
-    fit.set_defaults(func=_run(fit_command))
+    fit.set_defaults(func=fit_command)
 
     gen = inner.add_parser("generate", help="generate with a steering vector added")
     gen.add_argument("--vector", required=True)
@@ -183,7 +159,7 @@ def register(sub) -> None:
     gen.add_argument("--compare", action="store_true", help="also print the unsteered continuation")
     gen.add_argument("--side-effects", type=int, default=0, metavar="N",
                      help="also report KL and cross-entropy change on N neutral texts")
-    gen.set_defaults(func=_run(generate_command))
+    gen.set_defaults(func=generate_command)
 
     dose = inner.add_parser("dose", help="behaviour change and side effects against strength")
     dose.add_argument("--vector", required=True)
@@ -195,4 +171,4 @@ def register(sub) -> None:
     dose.add_argument("--prompts", type=int, default=16, help="neutral prompts scored (the rest measure side effects)")
     dose.add_argument("--units", default="residual", choices=UNITS)
     dose.add_argument("--progress", action="store_true")
-    dose.set_defaults(func=_run(dose_command))
+    dose.set_defaults(func=dose_command)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import EmptyDataError, ShapeError
+from ..core.lever import as_model, check_strength
+from .artifact import SteeringVector, applied
 from .behaviour import Behaviour
 from .dose import evaluate
-from .vector import SteeringVector, applied, check_strength, unpack
 
 compose = applied  # ``with compose(model, [v1, v2], [s1, s2]): ...``
 
@@ -45,8 +46,8 @@ class CrossEffects:
 def cross_effects(model, tokenizer, vectors: Mapping[str, SteeringVector], behaviours: Mapping[str, Behaviour],
                   prompts: Sequence[str], strength: float | Sequence[float] = 1.0) -> CrossEffects:
     """Every vector against every behaviour, each vector at ``strength`` (one or one per vector)."""
-    module, tok, _, _ = unpack(model)
-    tokenizer = tokenizer or tok
+    view = as_model(model)
+    module, tokenizer = view.module, tokenizer or view.tokenizer
     names = list(vectors)
     strengths = [strength] * len(names) if isinstance(strength, (int, float)) else list(strength)
     if len(strengths) != len(names):
@@ -55,7 +56,7 @@ def cross_effects(model, tokenizer, vectors: Mapping[str, SteeringVector], behav
     matrix = torch.zeros(len(names), len(behaviours), dtype=torch.float64)
     for i, name in enumerate(names):
         s = check_strength(strengths[i])
-        with applied(module, [vectors[name]], [s], check=False):
+        with applied(view, [vectors[name]], [s]):
             for j, (b, fn) in enumerate(behaviours.items()):
                 matrix[i, j] = (fn(module, tokenizer, prompts) - base[b]).mean()
     return CrossEffects(names, list(behaviours), matrix, cosine_matrix([vectors[n] for n in names]))
@@ -99,11 +100,11 @@ class Additivity:
 def additivity(model, tokenizer, first: SteeringVector, second: SteeringVector, behaviour: Behaviour,
                prompts: Sequence[str], strengths: tuple[float, float] = (1.0, 1.0)) -> Additivity:
     """Effect of ``first + second`` added together against the sum of their effects alone."""
-    module, tok, _, _ = unpack(model)
-    tokenizer = tokenizer or tok
+    view = as_model(model)
+    tokenizer = tokenizer or view.tokenizer
     s1, s2 = check_strength(strengths[0]), check_strength(strengths[1])
-    base = behaviour(module, tokenizer, prompts)
-    e1 = evaluate(module, tokenizer, [first], [s1], behaviour, prompts) - base
-    e2 = evaluate(module, tokenizer, [second], [s2], behaviour, prompts) - base
-    both = evaluate(module, tokenizer, [first, second], [s1, s2], behaviour, prompts) - base
+    base = behaviour(view.module, tokenizer, prompts)
+    e1 = evaluate(view, tokenizer, [first], [s1], behaviour, prompts) - base
+    e2 = evaluate(view, tokenizer, [second], [s2], behaviour, prompts) - base
+    both = evaluate(view, tokenizer, [first, second], [s1, s2], behaviour, prompts) - base
     return Additivity(float(e1.mean()), float(e2.mean()), float(both.mean()), e1, e2, both)

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..core.collect import model_device, tokenize
-from ..core.errors import EmptyDataError, NonFiniteError
+from ..core.errors import EmptyDataError, NonFiniteError, ShapeError
+from ..core.lever import as_model
 
 Intervention = Callable[[], ContextManager]
 
@@ -54,14 +55,6 @@ def next_token_nll(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -log_p.gather(1, targets[:, None])[:, 0]
 
 
-def _unwrap(model, tokenizer):
-    """Accept a LoadedModel in place of ``model`` (its tokenizer is used when none is given)."""
-    if not isinstance(model, nn.Module) and hasattr(model, "model"):
-        tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-        model = model.model
-    return model, tokenizer
-
-
 def _log_probs(model: nn.Module, inputs: dict, valid: torch.Tensor) -> torch.Tensor:
     logits = model(**inputs, use_cache=False).logits
     chosen = logits[:, :-1][valid].float()
@@ -79,7 +72,8 @@ def side_effects(model, tokenizer, texts: Sequence[str], intervention: Intervent
     it is entered once per batch, around the intervened forward pass only. ``None`` means no change
     (KL 0, equal cross-entropies; the model runs once per batch). Texts are right-padded and only
     predictions from a real token to the next real token are scored; ``skip_first`` leaves out the
-    prediction made at each text's first token.
+    prediction made at each text's first token. ``model`` is an ``nn.Module`` or a ``LoadedModel``
+    (whose tokenizer serves when ``tokenizer`` is None).
     """
     return side_effects_many(model, tokenizer, texts, {"": intervention}, max_length=max_length,
                              batch_size=batch_size, skip_first=skip_first, progress=progress)[""]
@@ -97,16 +91,17 @@ def side_effects_many(model, tokenizer, texts: Sequence[str], interventions: dic
                       max_length: int = 128, batch_size: int = 8, skip_first: bool = False,
                       progress: bool = False) -> dict[str, SideEffects]:
     """:func:`side_effects` of several interventions, sharing one unintervened pass per batch."""
-    model, tokenizer = _unwrap(model, tokenizer)
+    view = as_model(model)
+    model, tokenizer = view.module, tokenizer if tokenizer is not None else view.tokenizer
     texts = list(texts)
     if not texts:
         raise EmptyDataError("no texts to measure side effects on: pass at least one non-empty string")
     if any(not isinstance(t, str) or not t for t in texts):
         raise EmptyDataError("every text must be a non-empty string")
     if batch_size < 1 or max_length < 2:
-        raise ValueError("batch_size must be >= 1 and max_length >= 2")
+        raise ShapeError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size} and {max_length}")
     if not interventions:
-        raise ValueError("no interventions given")
+        raise EmptyDataError("no interventions given: pass at least one (None measures the model as it is)")
     device = model_device(model)
     sums = {name: _Sums() for name in interventions}
     ce_base, count = 0.0, 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import EmptyDataError, NonFiniteError, ShapeError
+from ..core.errors import EmptyDataError, NonFiniteError, ShapeError, check_choice
 from .choices import METHODS, SOLVERS
 
 
@@ -51,6 +51,7 @@ def _orient(direction: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 def _top_component(rows: torch.Tensor, solver: str, seed: int) -> torch.Tensor:
     """Unit top right singular vector of ``rows`` ``[n, d]`` (float64 in, float64 out)."""
+    check_choice(solver, SOLVERS, "solver")
     if solver == "exact":
         n, d = rows.shape
         if n <= d:  # Gram trick: the top eigenvector u of R R^T gives v = R^T u
@@ -60,18 +61,17 @@ def _top_component(rows: torch.Tensor, solver: str, seed: int) -> torch.Tensor:
             _, vecs = torch.linalg.eigh(rows.T @ rows)
             v = vecs[:, -1]
         return v / v.norm().clamp_min(1e-300)
-    if solver == "randomized":
-        q = min(6, *rows.shape)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            _, _, v = torch.svd_lowrank(rows, q=q, niter=6, M=None)
-        return v[:, 0] / v[:, 0].norm().clamp_min(1e-300)
-    raise ShapeError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    q = min(6, *rows.shape)  # randomized
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _, _, v = torch.svd_lowrank(rows, q=q, niter=6, M=None)
+    return v[:, 0] / v[:, 0].norm().clamp_min(1e-300)
 
 
 def extract(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean_diff", *, solver: str = "exact",
             seed: int = 0, l2: float = 1e-2) -> torch.Tensor:
     """The steering direction ``[d]`` (float32) of ``method`` from paired activations."""
+    check_choice(method, METHODS, "method")
     pos, neg = torch.as_tensor(pos), torch.as_tensor(neg)
     check_pairs(pos, neg)
     delta = (pos.double() - neg.double())
@@ -85,15 +85,13 @@ def extract(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean_diff", *, 
             raise EmptyDataError("all pair differences are equal, so the centred differences are zero and PCA "
                                  "finds no direction; use method='mean_diff'")
         return _orient(_top_component(rows, solver, seed), delta).float()
-    if method == "probe":
-        from ..probes.linear import fit_linear  # the probe family owns logistic regression
+    from ..probes.linear import fit_linear  # probe; the probe family owns logistic regression
 
-        x = torch.cat([pos, neg]).float()
-        y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
-        weight, _ = fit_linear(x, y, method="logistic", l2=l2)
-        weight = weight.double()
-        return _orient(weight / weight.norm().clamp_min(1e-300), delta).float()
-    raise ShapeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    x = torch.cat([pos, neg]).float()
+    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+    weight, _ = fit_linear(x, y, method="logistic", l2=l2)
+    weight = weight.double()
+    return _orient(weight / weight.norm().clamp_min(1e-300), delta).float()
 
 
 def projection_spread(x: torch.Tensor, direction: torch.Tensor) -> float:

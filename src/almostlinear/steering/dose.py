@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.errors import EmptyDataError, ShapeError
-from ..core.models import fingerprint
+from ..core.lever import as_model, check_strength
 from ..data.statements import split
+from .artifact import SteeringVector, applied
 from .behaviour import Behaviour
 from .cost import SideEffects, side_effects
 from .fit import fit_steering_layers
-from .vector import SteeringVector, check_strength, unpack
 
 
 def linear_fit(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,32 +113,31 @@ class DoseResponse:
 
 
 def evaluate(model, tokenizer, vectors: Sequence[SteeringVector], strengths: Sequence[float],
-             behaviour: Behaviour, prompts: Sequence[str], *, positions=None, units: str = "residual") -> torch.Tensor:
+             behaviour: Behaviour, prompts: Sequence[str], *, positions=None, units: str | None = None) -> torch.Tensor:
     """Behaviour scores with ``vectors`` added at ``strengths`` (nothing added when all are 0)."""
-    from .vector import applied
-
-    module, tok, _, _ = unpack(model)
-    tokenizer = tokenizer or tok
+    view = as_model(model)
+    tokenizer = tokenizer or view.tokenizer
     if all(float(s) == 0.0 for s in strengths):
-        return behaviour(module, tokenizer, prompts)
-    with applied(module, vectors, strengths, positions=positions, units=units, check=False):
+        return behaviour(view.module, tokenizer, prompts)
+    with applied(view, vectors, strengths, positions=positions, units=units) as module:
         return behaviour(module, tokenizer, prompts)
 
 
 def dose_response(model, tokenizer, vector: SteeringVector, prompts: Sequence[str], strengths: Sequence[float],
                   behaviour: Behaviour, *, neutral: Sequence[str] | None = None, positions=None,
-                  units: str = "residual", max_length: int = 64, batch_size: int = 8,
+                  units: str | None = None, max_length: int = 64, batch_size: int = 8,
                   progress: bool = False) -> DoseResponse:
     """Score ``behaviour`` on ``prompts`` at each strength (0 is added when missing) and, when
-    ``neutral`` texts are given, the KL and cross-entropy change there at each strength."""
-    module, tok, _, known = unpack(model)
-    tokenizer = tokenizer or tok
+    ``neutral`` texts are given, the KL and cross-entropy change there at each strength.
+
+    ``model`` is an ``nn.Module`` or a ``LoadedModel``; a vector fitted on another model warns.
+    """
+    view = as_model(model)
+    module, tokenizer = view.module, tokenizer or view.tokenizer
     prompts = list(prompts)
     if not prompts:
         raise EmptyDataError("no prompts to steer")
     values = sorted({check_strength(s) for s in strengths} | {0.0})
-    if vector.provenance.model_fingerprint is not None:  # hashing the weights only when it can matter
-        vector.check_model(known or fingerprint(module))
     rows, side = [], []
     bar = None
     if progress:
@@ -147,12 +146,11 @@ def dose_response(model, tokenizer, vector: SteeringVector, prompts: Sequence[st
         bar = tqdm(total=len(values), desc="dose-response", unit="strength")
     try:
         for s in values:
-            rows.append(evaluate(module, tokenizer, [vector], [s], behaviour, prompts, positions=positions,
+            rows.append(evaluate(view, tokenizer, [vector], [s], behaviour, prompts, positions=positions,
                                  units=units))
             if neutral:
                 # at strength 0 nothing is added: one pass gives the base cross-entropy and KL 0
-                steer = None if s == 0.0 else (lambda s=s: vector.apply(module, s, positions=positions, units=units,
-                                                                         check=False))
+                steer = None if s == 0.0 else (lambda s=s: vector.apply(view, s, positions=positions, units=units))
                 side.append(side_effects(module, tokenizer, neutral, steer, max_length=max_length,
                                          batch_size=batch_size, skip_first=True))
             else:
@@ -192,8 +190,8 @@ def choose_layer_and_strength(model, tokenizer, pairs, prompts: Sequence[str], b
 
     The KL budget of 0.1 nats follows the filter of arXiv 2406.11717.
     """
-    module, tok, _, _ = unpack(model)
-    tokenizer = tokenizer or tok
+    view = as_model(model)
+    module, tokenizer = view.module, tokenizer or view.tokenizer
     prompts = list(prompts)
     if len(prompts) < 2:
         raise EmptyDataError("need at least two prompts to hold some out")
@@ -201,7 +199,7 @@ def choose_layer_and_strength(model, tokenizer, pairs, prompts: Sequence[str], b
     neutral_val, neutral_test = split(list(neutral), 1 - held_out, seed=seed, key=lambda t: t)
     if not val or not test or not neutral_val or not neutral_test:
         raise EmptyDataError("the held-out split left one side empty: pass more prompts and neutral texts")
-    vectors = fit_steering_layers(model, tokenizer, pairs, layers=layers, site=site, method=method,
+    vectors = fit_steering_layers(view, tokenizer, pairs, layers=layers, site=site, method=method,
                                   batch_size=batch_size, max_length=max_length)
     grid: list[dict] = []
     best = None
@@ -215,8 +213,8 @@ def choose_layer_and_strength(model, tokenizer, pairs, prompts: Sequence[str], b
         for layer, vector in vectors.items():
             for s in strengths:
                 s = check_strength(s)
-                effect = float(((evaluate(module, tokenizer, [vector], [s], behaviour, val) - base_val) * sign).mean())
-                kl = side_effects(module, tokenizer, neutral_val, lambda v=vector, s=s: v.apply(module, s, check=False),
+                effect = float(((evaluate(view, tokenizer, [vector], [s], behaviour, val) - base_val) * sign).mean())
+                kl = side_effects(module, tokenizer, neutral_val, lambda v=vector, s=s: v.apply(view, s),
                                   max_length=max_length, batch_size=batch_size, skip_first=True).kl
                 row = {"layer": layer, "strength": s, "effect": effect, "kl": kl, "within_budget": kl <= kl_budget}
                 grid.append(row)
@@ -231,8 +229,8 @@ def choose_layer_and_strength(model, tokenizer, pairs, prompts: Sequence[str], b
         return Choice(None, None, None, kl_budget, grid, None, None, len(val), len(test))
     chosen = vectors[best["layer"]]
     base_test = behaviour(module, tokenizer, test)
-    test_effect = float(((evaluate(module, tokenizer, [chosen], [best["strength"]], behaviour, test)
+    test_effect = float(((evaluate(view, tokenizer, [chosen], [best["strength"]], behaviour, test)
                           - base_test) * sign).mean())
-    test_kl = side_effects(module, tokenizer, neutral_test, lambda: chosen.apply(module, best["strength"], check=False),
+    test_kl = side_effects(module, tokenizer, neutral_test, lambda: chosen.apply(view, best["strength"]),
                            max_length=max_length, batch_size=batch_size, skip_first=True).kl
     return Choice(best["layer"], best["strength"], chosen, kl_budget, grid, test_effect, test_kl, len(val), len(test))

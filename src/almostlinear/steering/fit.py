@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from ..core.collect import collect
-from ..core.errors import EmptyDataError, ShapeError
-from ..core.sites import Site, as_sites
 from ..core.digest import data_hash
+from ..core.errors import AlmostLinearError, EmptyDataError, check_choice
+from ..core.lever import as_model
+from ..core.sites import Site, as_sites
+from .artifact import SteeringVector
 from .choices import METHODS, READS
 from .directions import extract, projection_spread
-from .vector import SteeringVector, unpack
 
 
 def as_pairs(pairs) -> list[tuple[str, str]]:
@@ -60,12 +61,11 @@ class PairActivations:
 def read_pairs(model, tokenizer, pairs, sites, *, read: str = "last", batch_size: int = 8,
                max_length: int = 128, progress=None) -> PairActivations:
     """One batched pass over both sides of every pair at all ``sites``."""
-    module, tok, structure, _ = unpack(model)
-    tokenizer = tokenizer or tok
+    view = as_model(model)
+    module, structure, tokenizer = view.module, view.structure, tokenizer or view.tokenizer
     if tokenizer is None:
-        raise ShapeError("pass a tokenizer (or a LoadedModel)")
-    if read not in READS:
-        raise ShapeError(f"unknown read {read!r}; choose one of {', '.join(READS)}")
+        raise AlmostLinearError("this needs the model's tokenizer: pass it, or pass a LoadedModel")
+    check_choice(read, READS, "read")
     pairs = as_pairs(pairs)
     sites = as_sites(structure, sites)
     texts = [p for p, _ in pairs] + [n for _, n in pairs]
@@ -102,8 +102,7 @@ def vectors_from_activations(acts: PairActivations, *, method: str = "mean_diff"
                              solver: str = "exact", seed: int = 0, read: str = "last",
                              model_fingerprint: str | None = None) -> dict[Site, SteeringVector]:
     """A :class:`SteeringVector` per site from already-read pair activations."""
-    if method not in METHODS:
-        raise ShapeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_choice(method, METHODS, "method")
     digest = data_hash([list(p) for p in acts.pairs])
     out = {}
     for site, pos in acts.pos.items():
@@ -129,24 +128,21 @@ def fit_steering_layers(model, tokenizer=None, pairs=None, *, layers: Sequence[i
                         seed: int = 0, batch_size: int = 8, max_length: int = 128,
                         progress: bool = False) -> dict[int, SteeringVector]:
     """:func:`fit_steering` at several layers from one pass over the pairs; keyed by layer."""
-    module, _, structure, known = unpack(model)
-    sites = as_sites(structure, [Site(site, layer) for layer in layers])
+    view = as_model(model)
+    sites = as_sites(view.structure, [Site(site, layer) for layer in layers])
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=2 * len(as_pairs(pairs)), desc="reading contrast pairs", unit="text")
     try:
-        acts = read_pairs(model, tokenizer, pairs, sites, read=read, batch_size=batch_size,
+        acts = read_pairs(view, tokenizer, pairs, sites, read=read, batch_size=batch_size,
                           max_length=max_length, progress=bar.update if bar else None)
     finally:
         if bar is not None:
             bar.close()
-    from ..core.models import fingerprint
-
-    fp = known or fingerprint(module)
     vectors = vectors_from_activations(acts, method=method, positions=positions, solver=solver, seed=seed,
-                                       read=read, model_fingerprint=fp)
+                                       read=read, model_fingerprint=view.fingerprint)
     return {s.layer: v for s, v in vectors.items()}
 
 

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import torch
 
 from ..core.collect import model_device
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.errors import AlmostLinearError, EmptyDataError, ShapeError
+from ..core.lever import as_model
 from ..data._batching import left_padded
-from .vector import SteeringVector, applied, unpack
+from .artifact import SteeringVector, applied
 
 
 def _as_list(vectors, strengths) -> tuple[list[SteeringVector], list[float]]:
@@ -34,31 +35,26 @@ def chat_prompt(tokenizer, text: str) -> str:
 
 
 def generate_steered(model, tokenizer=None, prompts: Sequence[str] = (), vectors=None, strength=1.0, *,
-                     positions=None, units: str = "residual", max_new_tokens: int = 32, do_sample: bool = False,
+                     positions=None, units: str | None = None, max_new_tokens: int = 32, do_sample: bool = False,
                      temperature: float = 1.0, seed: int = 0, batch_size: int = 8, chat: bool = False,
-                     check: bool = True, progress: bool = False) -> list[str]:
+                     strict: bool = False, progress: bool = False) -> list[str]:
     """Continue each prompt with the vector(s) added; returns only the new text of each prompt.
 
     ``vectors`` is one :class:`SteeringVector`, a list of them (each with its own strength when
     ``strength`` is a list), or ``None`` for an unsteered baseline with the same settings. Prompts
     are left-padded in batches; the exact prompt length of every row is handed to the position
     policy, so ``"prompt"``/``"generated"`` are right with padding and the KV cache. Sampling is
-    seeded per call so a steered and an unsteered run draw from the same random stream.
+    seeded per call so a steered and an unsteered run draw from the same random stream. A vector
+    fitted on another model warns, or raises when ``strict``.
     """
-    module, tok, _, known = unpack(model)
-    tokenizer = tokenizer or tok
+    view = as_model(model)
+    module, tokenizer = view.module, tokenizer or view.tokenizer
     if tokenizer is None:
-        raise ShapeError("pass a tokenizer (or a LoadedModel)")
+        raise AlmostLinearError("this needs the model's tokenizer: pass it, or pass a LoadedModel")
     prompts = [chat_prompt(tokenizer, p) if chat else p for p in prompts]
     if not prompts or any(not isinstance(p, str) or not p for p in prompts):
         raise EmptyDataError("pass at least one non-empty prompt")
     vecs, strengths = _as_list(vectors, strength)
-    if check and any(v.provenance.model_fingerprint is not None for v in vecs):
-        from ..core.models import fingerprint
-
-        fp = known or fingerprint(module)
-        for v in vecs:
-            v.check_model(fp)
     device = model_device(module)
     outputs: list[str] = []
     bar = None
@@ -73,8 +69,8 @@ def generate_steered(model, tokenizer=None, prompts: Sequence[str] = (), vectors
                 enc = tokenizer(chunk, return_tensors="pt", padding=True,
                                 add_special_tokens=not chat).to(device)
                 lengths = enc["attention_mask"].sum(-1)
-                steer = (applied(module, vecs, strengths, positions=positions, units=units, prompt_lengths=lengths,
-                                 check=False) if vecs else contextlib.nullcontext())
+                steer = (applied(view, vecs, strengths, positions=positions, units=units, prompt_lengths=lengths,
+                                 strict=strict) if vecs else contextlib.nullcontext())
                 settings = {"do_sample": do_sample, "max_new_tokens": max_new_tokens,
                             "pad_token_id": tokenizer.pad_token_id}
                 if do_sample:

@@ -22,35 +22,42 @@ every pass starts at 0, so pass ``prompt_lengths`` for ``"generated"`` in that c
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Sequence
 
 import torch
 
-from ..core.errors import ShapeError
+from ..core.errors import ChoiceError, LeverError, ShapeError
 from ..core.hooks import Positions
 
 POLICY_NAMES = ("all", "prompt", "generated")
 
 
-def describe(policy) -> str | list:
-    """A JSON-friendly record of a policy for artifact headers (callables become their name)."""
+def describe(policy) -> str:
+    """A policy as the one string an artifact's ``Where`` stores: ``"all"``, ``"last:3"``, ``"0,-1"``,
+    or ``"callable:<name>"`` for a function (a file cannot hold the function itself)."""
     if isinstance(policy, str):
         return policy
-    if isinstance(policy, tuple) and len(policy) == 2 and policy[0] == "last":
-        return ["last", int(policy[1])]
+    if isinstance(policy, (tuple, list)) and len(policy) == 2 and policy[0] == "last":
+        return f"last:{int(policy[1])}"
     if callable(policy):
         return f"callable:{getattr(policy, '__name__', type(policy).__name__)}"
     if isinstance(policy, numbers.Integral):
-        return [int(policy)]
-    return [int(p) for p in policy]
+        return str(int(policy))
+    return ",".join(str(int(p)) for p in policy)
 
 
 def from_header(value) -> Positions | tuple:
-    """Inverse of :func:`describe` where possible. A function cannot be stored, so its record
-    ``"callable:<name>"`` stays as it is and :func:`resolve` asks for the policy to be passed again
-    (steering every position instead would silently change what the vector does)."""
-    if isinstance(value, list) and len(value) == 2 and value[0] == "last":
-        return ("last", int(value[1]))
+    """Inverse of :func:`describe` where possible (also the lists that files of format 1 hold). A
+    function's record ``"callable:<name>"`` stays as it is and :func:`resolve` asks for the policy
+    to be passed again (steering every position instead would silently change what the vector does)."""
+    if isinstance(value, list):
+        return ("last", int(value[1])) if len(value) == 2 and value[0] == "last" else [int(p) for p in value]
+    if isinstance(value, str):
+        if value.startswith("last:") and value[5:].isdigit():
+            return ("last", int(value[5:]))
+        if re.fullmatch(r"-?\d+(,-?\d+)*", value):
+            return [int(p) for p in value.split(",")]
     return value
 
 
@@ -83,7 +90,7 @@ def resolve(policy, prompt_lengths: Sequence[int] | torch.Tensor | None = None) 
     lengths = None if prompt_lengths is None else torch.as_tensor(prompt_lengths, dtype=torch.long).reshape(-1)
     if isinstance(policy, str):
         if policy.startswith("callable:"):
-            raise ShapeError(f"this vector was made with the position function {policy[9:]!r}, which a file cannot "
+            raise LeverError(f"this vector was made with the position function {policy[9:]!r}, which a file cannot "
                              "hold; pass positions=... (the function) when applying it")
         if policy == "prompt":
             return _PromptSplit(False, lengths)
@@ -91,8 +98,8 @@ def resolve(policy, prompt_lengths: Sequence[int] | torch.Tensor | None = None) 
             return _PromptSplit(True, lengths)
         if policy in ("all", "last", "first"):
             return policy
-        raise ShapeError(f"unknown position policy {policy!r}: use 'all', 'prompt', 'generated', ('last', k), "
-                         "ints or a function")
+        raise ChoiceError(f"unknown position policy {policy!r}: use 'all', 'prompt', 'generated', ('last', k), "
+                          "ints or a function")
     if isinstance(policy, (tuple, list)) and len(policy) == 2 and policy[0] == "last":
         k = policy[1]
         if not isinstance(k, numbers.Integral) or k < 1:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ..core.section import AuditContext, Need, Section
-from ..core.report import Figure, Metric, SectionResult, Series
-from ..core.collect import Batch
 from ..core.errors import EmptyDataError
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Need, Section
 from ..core.sites import Site
 from ..core.threads import one_thread
 from ..data import FALLBACK_TEXTS
@@ -55,7 +54,7 @@ class SteeringSection(Section):
         return None
 
     def _plan(self, ctx: AuditContext) -> dict:
-        quick = ctx.budget.neutral_texts <= 64
+        quick = ctx.quick
         n = ctx.structure.n_layers
         return {"layer": max(0, min(n - 1, round(0.3 * n))), "pairs": 24 if quick else len(self.pairs),
                 "prompts": 12 if quick else len(self.prompts), "neutral": 4 if quick else 16,
@@ -63,13 +62,10 @@ class SteeringSection(Section):
                 "strengths": QUICK_STRENGTHS if quick else STRENGTHS}
 
     def needs(self, ctx: AuditContext) -> list[Need]:
-        # The neutral texts are read for the side effects in ``finish``; asking for them here makes
-        # the audit build the source (shared with other sections) without an extra pass.
+        # The section runs its own steered passes in ``finish``; it only asks the audit to build the
+        # neutral texts (shared with other sections), which it reads there for the side effects.
         self.plan = self._plan(ctx)
-        return [Need("neutral", (Site("resid_post", self.plan["layer"]),), positions="last")]
-
-    def consume(self, source: str, batch: Batch) -> None:
-        pass
+        return [Need("neutral")]
 
     def finish(self, ctx: AuditContext) -> SectionResult:
         plan = getattr(self, "plan", None) or self._plan(ctx)
@@ -79,14 +75,14 @@ class SteeringSection(Section):
         layer = plan["layer"]
         pairs = list(self.pairs[: plan["pairs"]])
         prompts = list(self.prompts[: plan["prompts"]])
-        neutral = [t for t in ctx.sources.get("neutral", []) if isinstance(t, str) and t][: plan["neutral"]]
+        neutral = [t for t in ctx.texts("neutral") if isinstance(t, str) and t][: plan["neutral"]]
         neutral = neutral or list(FALLBACK_TEXTS[: plan["neutral"]])
         site = Site("resid_post", layer)
         with one_thread():
             acts = read_pairs(model, tokenizer, pairs, [site], batch_size=ctx.budget.batch_size)
             vector = vectors_from_activations(acts, model_fingerprint=loaded.fingerprint)[site]
             behaviour = TokenPreference(self.positive, self.negative, batch_size=ctx.budget.batch_size)
-            dose = dose_response(model, tokenizer, vector, prompts, plan["strengths"], behaviour, neutral=neutral,
+            dose = dose_response(loaded, tokenizer, vector, prompts, plan["strengths"], behaviour, neutral=neutral,
                                  max_length=plan["max_length"], batch_size=ctx.budget.batch_size)
         strengths = dose.strengths
         mean, err = dose.mean_effect, dose.stderr

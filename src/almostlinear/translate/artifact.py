@@ -1,4 +1,7 @@
-"""The saved form of a fitted map, which remembers its training rows so it cannot be scored on them by mistake."""
+"""The saved form of a fitted map, which remembers its training rows so it cannot be scored on them by mistake.
+
+A map acts on representations, not on a model, so it is not a lever: :meth:`LinearMap.transform` maps rows.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.artifact import Artifact, Provenance
-from ..core.errors import AlmostLinearError, EmptyDataError, ShapeError
+from ..core.artifact import Artifact, Provenance, Where
+from ..core.errors import AlmostLinearError, EmptyDataError, ShapeError, SiteError
+from ..core.sites import Site
 from .maps import Fitted, fit_map, paired, r2_score, retrieval_top1
 
 
@@ -17,7 +21,11 @@ class TrainingRowsError(AlmostLinearError):
 
 
 def row_hashes(x: torch.Tensor) -> torch.Tensor:
-    """One 63-bit hash per row of ``x`` (float32 bytes), to recognise training rows later."""
+    """One 63-bit hash per row of ``x`` (float32 bytes), to recognise training rows later.
+
+    A sketch of many rows, stored in the file and compared with ``isin``, not a provenance digest: it
+    stays BLAKE2b, 8 bytes a row, so that maps saved earlier still recognise their rows.
+    """
     rows = x.detach().to("cpu", torch.float32).contiguous().numpy()
     values = [int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") >> 1 for r in rows]
     return torch.tensor(values, dtype=torch.int64)
@@ -34,10 +42,14 @@ class MapScores:
 
 
 @dataclass(frozen=True)
-class MapArtifact(Artifact):
-    """``y ≈ x @ weight + bias`` from a source space (``source``) to a target space (``target``)."""
+class LinearMap(Artifact):
+    """``y ≈ x @ weight + bias`` from a source space (``source``) to a target space (``target``).
 
-    kind = "linear-map"
+    ``source`` and ``target`` name the spaces (a model, a site, or both); when ``source`` is a site
+    (``"resid_post.3"``) it is also recorded as ``provenance.where``. No strength: ``provenance.units`` is None.
+    """
+
+    kind = "translate.linear_map"
     weight: torch.Tensor  # [dim_source, dim_target]
     bias: torch.Tensor  # [dim_target]
     train_rows: torch.Tensor  # int64 row hashes of the source-side training rows
@@ -63,7 +75,7 @@ class MapArtifact(Artifact):
 
     @classmethod
     def fit(cls, x: torch.Tensor, y: torch.Tensor, method: str = "affine", *, source: str = "", target: str = "",
-            model_fingerprint: str | None = None, data_hash: str | None = None, **options) -> MapArtifact:
+            model_fingerprint: str | None = None, data_hash: str | None = None, **options) -> LinearMap:
         """Fit a map of ``method`` (``affine``, ``orthogonal``, ``low_rank``) on paired rows."""
         x64, y64 = paired(x, y)
         fitted: Fitted = fit_map(x64, y64, method, **options)
@@ -75,18 +87,20 @@ class MapArtifact(Artifact):
             extra["scale"] = fitted.scale
         return cls(fitted.weight.float(), fitted.bias.float(), row_hashes(x), method=method, source=source,
                    target=target, ridge=fitted.ridge, rank=fitted.rank, train_r2=train_r2,
-                   provenance=Provenance(model_fingerprint=model_fingerprint, method=method, data_hash=data_hash,
-                                         extra=extra))
+                   provenance=Provenance(model_fingerprint=model_fingerprint, where=_where(source), method=method,
+                                         data_hash=data_hash, extra=extra))
 
     def _checked(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.d_in:
             raise ShapeError(f"this map takes {self.d_in}-wide inputs ({self.source or 'source'}), got {x.shape[-1]}")
         return x
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
         """Map rows ``[..., d_in]`` to ``[..., d_out]`` in the input's dtype."""
         x = self._checked(x)
         return (x.to(torch.float32) @ self.weight.to(x.device) + self.bias.to(x.device)).to(x.dtype)
+
+    __call__ = transform
 
     def push_direction(self, v: torch.Tensor) -> torch.Tensor:
         """The image in the target space of a direction (a difference of two inputs): ``v @ weight``.
@@ -118,8 +132,17 @@ class MapArtifact(Artifact):
                 f"{overlap} of the {len(x)} rows given were used to fit this map; a held-out score needs rows it has "
                 f"not seen (its in-sample R², {self.train_r2:.4f}, is stored as train_r2)"
             )
-        pred = self(x64.float()).double()
+        pred = self.transform(x64.float()).double()
         return MapScores(r2_score(pred, y64), retrieval_top1(pred, y64), int(len(x)), 1.0 / len(x))
+
+
+def _where(source: str) -> Where | None:
+    """``source`` as a site record when it names one (``"resid_post.3"``), else None (a model name)."""
+    try:
+        Site.parse(source)
+    except SiteError:
+        return None
+    return Where.at(source)
 
 
 def split_rows(n: int, test: float = 0.3, *, seed: int = 0, groups=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +170,7 @@ def split_rows(n: int, test: float = 0.3, *, seed: int = 0, groups=None) -> tupl
 class Evaluation:
     """A map fitted on the train rows and scored on disjoint test rows."""
 
-    map: MapArtifact
+    map: LinearMap
     held_out: MapScores
     train_r2: float
 
@@ -161,5 +184,5 @@ def evaluate(x: torch.Tensor, y: torch.Tensor, method: str = "affine", *, test: 
         options.setdefault("seed", seed)  # the validation split that picks the ridge
         if groups is not None:
             options.setdefault("groups", [groups[i] for i in train.tolist()])  # whole groups in validation too
-    fitted = MapArtifact.fit(x[train], y[train], method, source=source, target=target, **options)
+    fitted = LinearMap.fit(x[train], y[train], method, source=source, target=target, **options)
     return Evaluation(fitted, fitted.score(x[held], y[held]), fitted.train_r2)

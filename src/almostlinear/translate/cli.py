@@ -15,11 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import clitools
+
 METHODS = ("affine", "orthogonal", "low_rank")
-
-
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
 
 
 def _texts(path: str | None, n_statements: int, seed: int) -> tuple[list[str], list]:
@@ -40,19 +38,18 @@ def _texts(path: str | None, n_statements: int, seed: int) -> tuple[list[str], l
 def translate_command(source: str = "minilm-l6", target: str = "smollm2-135m", *, source_site: str | None = None,
                       target_site: str | None = None, method: str = "affine", rank: int = 32,
                       texts_file: str | None = None, statements: int = 240, out: str | None = None, seed: int = 0,
-                      stream=None, say=_say):
+                      stream=None, say=clitools.say):
     """Fit ``method`` maps source → target and back on shared texts; print held-out R² and retrieval top-1."""
-    from ..core.models import load
+    from ..core.errors import check_choice
     from .artifact import evaluate
     from .pool import text_vectors
 
     stream = stream or sys.stdout
-    if method not in METHODS:
-        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_choice(method, METHODS, "map method")
     texts, groups = _texts(texts_file, statements, seed)
     vectors, names = [], []
     for name, site in ((source, source_site), (target, target_site)):
-        loaded = load(name, progress=say)
+        loaded = clitools.load_model(name)
         say(f"reading {len(texts)} texts with {loaded.name}")
         vectors.append(text_vectors(loaded.model, loaded.tokenizer, texts, site, kind=loaded.kind,
                                     structure=loaded.structure))
@@ -75,16 +72,15 @@ def translate_command(source: str = "minilm-l6", target: str = "smollm2-135m", *
 
 def stitch_command(model: str = "smollm2-135m", layers: tuple[int, int] = (10, 12), *, method: str = "affine",
                    rank: int = 32, fit_texts: int = 32, eval_texts: int = 16, steer: bool = False, scale: float = 4.0,
-                   out: str | None = None, seed: int = 0, progress: bool = False, stream=None, say=_say):
+                   out: str | None = None, seed: int = 0, progress: bool = False, stream=None, say=clitools.say):
     """Stitch block ``i``'s output to block ``j``'s in one model through a fitted map; print the losses."""
     from .. import data
     from ..core.errors import EmptyDataError
-    from ..core.models import load
     from .stitch import Network, fit_stitch, stitched_loss
     from .transfer import steering_transfer
 
     stream = stream or sys.stdout
-    loaded = load(model, progress=say)
+    loaded = clitools.load_model(model)
     if loaded.structure.unembedding is None:
         raise EmptyDataError(f"{model} has no output head: stitching is scored by next-token loss")
     i, j = (loaded.structure.block(k).index for k in layers)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.errors import ShapeError
-from .artifact import MapArtifact, MapScores, split_rows
+from .artifact import LinearMap, MapScores, split_rows
 from .maps import paired
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
@@ -38,16 +38,16 @@ def _one_direction(x, y, train, test, source: str, target: str, ranks: Sequence[
                    groups=None) -> DirectionScores:
     held, in_sample = {}, {}
     train_groups = [groups[i] for i in train.tolist()] if groups is not None else None
-    affine = MapArtifact.fit(x[train], y[train], "affine", source=source, target=target, seed=seed,
+    affine = LinearMap.fit(x[train], y[train], "affine", source=source, target=target, seed=seed,
                              groups=train_groups)
     ridge = affine.ridge
     fits = {"affine": affine,
-            "orthogonal": MapArtifact.fit(x[train], y[train], "orthogonal", source=source, target=target, scale=True)}
+            "orthogonal": LinearMap.fit(x[train], y[train], "orthogonal", source=source, target=target, scale=True)}
     rank_r2 = {}
     limit = min(x.shape[1], y.shape[1])
     for r in ranks:
         if r <= limit:
-            low = MapArtifact.fit(x[train], y[train], "low_rank", rank=r, ridge=ridge, source=source, target=target)
+            low = LinearMap.fit(x[train], y[train], "low_rank", rank=r, ridge=ridge, source=source, target=target)
             rank_r2[r] = low.score(x[test], y[test]).r2
             if r == max(k for k in ranks if k <= limit):
                 fits[f"low_rank_{r}"] = low

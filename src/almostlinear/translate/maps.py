@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.errors import EmptyDataError, NonFiniteError, ShapeError
+from ..core.errors import EmptyDataError, NonFiniteError, ShapeError, check_choice
 from ..core.linalg import spd_solve
 
 DEFAULT_RIDGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -133,7 +133,7 @@ def fit_ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> Fitted:
     over its ``min(n, d)`` possibly non-zero ones (so ``λ = ridge · trace / min(n, d)``)."""
     x, y = paired(x, y)
     if ridge < 0:
-        raise ValueError(f"ridge must be non-negative, got {ridge}")
+        raise ShapeError(f"ridge must be non-negative, got {ridge}")
     xc, yc, mx, my = _centred(x, y)
     gram, xty = xc.T @ xc, xc.T @ yc
     if ridge > 0:
@@ -172,7 +172,7 @@ def choose_ridge(x: torch.Tensor, y: torch.Tensor, ridges=DEFAULT_RIDGES, *, val
     """
     x, y = paired(x, y, min_rows=4)
     if not ridges:
-        raise ValueError("give at least one ridge value to choose from")
+        raise EmptyDataError("give at least one ridge value to choose from")
     fit_rows, val_rows = _split_rows(x.shape[0], validation, seed, groups)
     xc, yc, mx, my = _centred(x[fit_rows], y[fit_rows])
     e, v = _gram_eig(xc)
@@ -233,12 +233,11 @@ def fit_low_rank(x: torch.Tensor, y: torch.Tensor, rank: int, *, ridge: float | 
 
 def fit_map(x: torch.Tensor, y: torch.Tensor, method: str = "affine", **options) -> Fitted:
     """Dispatch to :func:`fit_affine`, :func:`fit_orthogonal` or :func:`fit_low_rank`."""
+    check_choice(method, METHODS, "map method")
     if method == "affine":
         return fit_affine(x, y, **options)
     if method == "orthogonal":
         return fit_orthogonal(x, y, **options)
-    if method == "low_rank":
-        if "rank" not in options:
-            raise ValueError("a low-rank map needs rank=")
-        return fit_low_rank(x, y, **options)
-    raise ValueError(f"unknown map method {method!r}; choose one of {', '.join(METHODS)}")
+    if "rank" not in options:
+        raise ShapeError("a low-rank map needs rank=: pass e.g. rank=32")
+    return fit_low_rank(x, y, **options)

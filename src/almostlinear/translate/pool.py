@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ..core.collect import collect
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.errors import EmptyDataError, ShapeError, check_choice
 from ..core.locate import Structure, locate
 from ..core.sites import Site
 
@@ -20,8 +20,7 @@ def pool_rows(acts: torch.Tensor, text_index: torch.Tensor, n_texts: int, how: s
     Rows are in reading order within each text. A text without any row (e.g. a one-token text whose
     first token was skipped) is an error rather than a zero vector.
     """
-    if how not in POOLS:
-        raise ValueError(f"unknown pooling {how!r}; choose one of {', '.join(POOLS)}")
+    check_choice(how, POOLS, "pooling")
     index = text_index.to(torch.long).cpu()
     if acts.dim() != 2 or index.shape != (acts.shape[0],):
         raise ShapeError(f"need rows [n_tokens, d] and one text index per row; got {tuple(acts.shape)} and "

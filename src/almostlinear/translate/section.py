@@ -58,7 +58,7 @@ class CrossModelMaps(Section):
                 continue
             index = torch.cat([i for i, _ in self.rows[source]])
             acts = torch.cat([a for _, a in self.rows[source]])
-            items = ctx.sources[source]
+            items = ctx.items(source)
             order = index.argsort()
             for i, row in zip(index[order].tolist(), acts[order]):
                 item = items[i]

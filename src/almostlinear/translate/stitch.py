@@ -24,7 +24,7 @@ from ..core.errors import EmptyDataError, ShapeError
 from ..core.hooks import StopForward, position_mask, record, replace
 from ..core.locate import Structure, locate
 from ..core.sites import as_sites
-from .artifact import MapArtifact
+from .artifact import LinearMap
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class StitchResult:
 
 
 def stitched_loss(source: Network, target: Network, texts: Sequence[str], source_site, target_site,
-                  mapping: MapArtifact, *, target_mean: torch.Tensor | None = None, skip_first: bool = True,
+                  mapping: LinearMap, *, target_mean: torch.Tensor | None = None, skip_first: bool = True,
                   batch_size: int = 8, max_length: int = 128, progress: bool = False) -> StitchResult:
     """Cross-entropy of the stitched network and its baselines on ``texts`` (use texts the map was not fitted on).
 
@@ -150,7 +150,7 @@ def stitched_loss(source: Network, target: Network, texts: Sequence[str], source
                 except StopForward:
                     pass
             bottom = rec.full(s_site)[0].to(device)
-            mapped = mapping(bottom.float()).to(device)
+            mapped = mapping.transform(bottom.float()).to(device)
             # what replaces the target site in each run (None: the target runs unchanged)
             runs = {"target": None, "stitched": lambda hidden: mapped}
             if target_mean is not None:
@@ -175,9 +175,9 @@ def stitched_loss(source: Network, target: Network, texts: Sequence[str], source
 
 def fit_stitch(source: Network, target: Network, texts: Sequence[str], source_site, target_site,
                method: str = "affine", *, skip_first: bool = True, batch_size: int = 8, max_length: int = 128,
-               progress: bool = False, **options) -> tuple[MapArtifact, torch.Tensor]:
+               progress: bool = False, **options) -> tuple[LinearMap, torch.Tensor]:
     """A map from ``source_site`` to ``target_site`` fitted on every token of ``texts``, and the target's mean there."""
     x, y = paired_activations(source, target, texts, source_site, target_site, skip_first=skip_first,
                               batch_size=batch_size, max_length=max_length, progress=progress)
-    mapping = MapArtifact.fit(x, y, method, source=str(source_site), target=str(target_site), **options)
+    mapping = LinearMap.fit(x, y, method, source=str(source_site), target=str(target_site), **options)
     return mapping, y.mean(0)

@@ -20,7 +20,7 @@ from ..core.errors import EmptyDataError, ShapeError
 from ..core.hooks import add
 from ..core.locate import Structure, locate
 from ..core.sites import as_sites
-from .artifact import MapArtifact
+from .artifact import LinearMap
 from .pool import pool_rows
 
 # Short contrast sentences written for this module: the same scene, opposite sentiment.
@@ -104,17 +104,17 @@ class SteeringTransfer:
     norm_ratio: float  # |transferred| / |native|
 
 
-def transfer_vector(mapping: MapArtifact, vector: torch.Tensor) -> torch.Tensor:
+def transfer_vector(mapping: LinearMap, vector: torch.Tensor) -> torch.Tensor:
     """``vector`` (a source-space direction) in the target space: ``vector @ W``."""
     return mapping.push_direction(vector)
 
 
-def transfer_probe(mapping: MapArtifact, weight: torch.Tensor, bias: float = 0.0) -> tuple[torch.Tensor, float]:
+def transfer_probe(mapping: LinearMap, weight: torch.Tensor, bias: float = 0.0) -> tuple[torch.Tensor, float]:
     """A target-space linear probe read through the map, as a probe on the source space (the adjoint)."""
     return mapping.pull_probe(weight, bias)
 
 
-def steering_transfer(model, tokenizer, mapping: MapArtifact, source_site, target_site, *, scale: float = 4.0,
+def steering_transfer(model, tokenizer, mapping: LinearMap, source_site, target_site, *, scale: float = 4.0,
                       seed: int = 0, contrast: tuple[Sequence[str], Sequence[str]] | None = None,
                       prompts: Sequence[str] = PROMPTS, up_words: Sequence[str] = POSITIVE,
                       down_words: Sequence[str] = NEGATIVE, structure: Structure | None = None) -> SteeringTransfer:

@@ -5,16 +5,17 @@ pairs: mean difference and logistic regression. :func:`distractor_check` plants 
 independent of truth and reports which one each method follows (arXiv 2312.10029).
 """
 
-from .ccs import ccs_loss, credence, fit_ccs
-from .direction import TruthDirection
-from .distractor import ALL_METHODS, DistractorResult, distractor_check, fit_methods
-from .methods import ContrastDirections, fit_contrast_pca, fit_logistic_difference, fit_mean_difference
-from .normalise import PairNormaliser, balanced_accuracy, sign_free_accuracy
-from .prompts import ContrastPrompt, contrast_prompts, whole_subjects
+from __future__ import annotations
 
-__all__ = [
-    "ALL_METHODS", "ContrastDirections", "ContrastPrompt", "DistractorResult", "PairNormaliser",
-    "TruthDirection", "balanced_accuracy", "ccs_loss", "contrast_prompts", "credence",
-    "distractor_check", "fit_ccs", "fit_contrast_pca", "fit_logistic_difference", "fit_mean_difference",
-    "fit_methods", "sign_free_accuracy", "whole_subjects",
-]
+from ..core.lazy import lazy_exports
+
+# Names resolve on first use, so importing the package does not import torch.
+_PUBLIC = {
+    "artifact": ("TruthDirection",),
+    "ccs": ("ccs_loss", "credence", "fit_ccs"),
+    "distractor": ("ALL_METHODS", "DistractorResult", "distractor_check", "fit_methods"),
+    "methods": ("ContrastDirections", "fit_contrast_pca", "fit_logistic_difference", "fit_mean_difference"),
+    "normalise": ("PairNormaliser", "balanced_accuracy", "sign_free_accuracy"),
+    "prompts": ("ContrastPrompt", "contrast_prompts", "whole_subjects"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.errors import ChoiceError, ShapeError
 from ._lbfgs import minimise_rows
 from .methods import ContrastDirections
 from .normalise import PairNormaliser, check_pairs
@@ -58,9 +59,9 @@ def fit_ccs(x_pos: torch.Tensor, x_neg: torch.Tensor, *, restarts: int = 10, see
     every layer.
     """
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"restarts must be a positive integer, got {restarts!r}")
+        raise ShapeError(f"restarts must be a positive integer, got {restarts!r}")
     if l2 < 0:
-        raise ValueError(f"l2 must be non-negative, got {l2}")
+        raise ShapeError(f"l2 must be non-negative, got {l2}")
     x_pos, x_neg, _ = check_pairs(x_pos, x_neg)
     normaliser = PairNormaliser.fit(x_pos, x_neg, per_dimension=per_dimension)
     z_pos, z_neg = normaliser(x_pos, x_neg)
@@ -97,7 +98,8 @@ def fit_ccs(x_pos: torch.Tensor, x_neg: torch.Tensor, *, restarts: int = 10, see
 def credence(fit: ContrastDirections, x_pos: torch.Tensor, x_neg: torch.Tensor) -> torch.Tensor:
     """CCS's probability that each statement is true, ``(p(z_pos) + 1 - p(z_neg)) / 2``, ``[layers, n]``."""
     if fit.probe_bias is None:
-        raise ValueError(f"credence needs a CCS fit; this is a {fit.method} fit, which has no probe bias")
+        raise ChoiceError(f"credence needs a CCS fit; this is a {fit.method} fit, which has no probe bias: "
+                          "use fit_ccs, or read the direction with fit.predict")
     z_pos, z_neg = fit.normaliser(x_pos, x_neg)
     p_pos = torch.sigmoid(torch.einsum("lnd,ld->ln", z_pos, fit.weight) + fit.probe_bias[:, None])
     p_neg = torch.sigmoid(torch.einsum("lnd,ld->ln", z_neg, fit.weight) + fit.probe_bias[:, None])

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.errors import EmptyDataError, ShapeError, check_choice
 from .ccs import fit_ccs
 from .methods import ContrastDirections, fit_contrast_pca, fit_logistic_difference, fit_mean_difference
 from .normalise import balanced_accuracy, check_labels, check_pairs
@@ -31,11 +32,11 @@ def fit_methods(x_pos: torch.Tensor, x_neg: torch.Tensor, labels=None, *, method
                 restarts: int = 10, seed: int = 0, ccs_l2: float = 0.1, logistic_l2: float = 1e-2,
                 per_dimension: bool = False) -> dict[str, ContrastDirections]:
     """Each named method fitted on the same training pairs; ``labels`` only reach the supervised ones."""
-    unknown = [m for m in methods if m not in ALL_METHODS]
-    if unknown:
-        raise ValueError(f"unknown truth-direction method(s) {unknown}; the methods are {list(ALL_METHODS)}")
+    for method in methods:
+        check_choice(method, ALL_METHODS, "truth-direction method")
     if labels is None and any(m in SUPERVISED for m in methods):
-        raise ValueError(f"the supervised methods {list(SUPERVISED)} need labels")
+        raise EmptyDataError(f"the supervised methods {list(SUPERVISED)} need labels: pass labels, or choose "
+                             f"methods={list(UNSUPERVISED)}")
     fits = {}
     for method in methods:
         if method == "ccs":
@@ -78,12 +79,12 @@ def distractor_check(x_pos: torch.Tensor, x_neg: torch.Tensor, truth, distractor
     """
     x_pos, x_neg, squeeze = check_pairs(x_pos, x_neg)
     if not squeeze:
-        raise ValueError("distractor_check reads one layer: pass [n, d] activations")
+        raise ShapeError("distractor_check reads one layer: pass [n, d] activations")
     n = x_pos.shape[1]
     truth, distractor = check_labels(truth, n, "truth"), check_labels(distractor, n, "distractor")
     train, test = torch.as_tensor(train, dtype=torch.long), torch.as_tensor(test, dtype=torch.long)
     if test.numel() == 0:
-        raise ValueError("the test split is empty: hold out some pairs to score on")
+        raise EmptyDataError("the test split is empty: hold out some pairs to score on")
     fits = fit_methods(x_pos[:, train], x_neg[:, train], truth[train], methods=methods, restarts=restarts,
                        seed=seed, **options)
     results = []

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from ..core.artifact import Provenance, Where
-from ..probes import fit_logistic, fit_mass_mean
-from .direction import TruthDirection
+from ..probes.linear import fit_logistic, fit_mass_mean
+from .artifact import TruthDirection
 from .normalise import PairNormaliser, check_labels, check_pairs, plain_accuracy, sign_free_accuracy
 
 
@@ -63,8 +63,7 @@ class ContrastDirections:
         w_pos, w_neg = w / s_pos, w / s_neg
         bias = self.bias[index] - (w_pos * norm.mean_pos[index]).sum() + (w_neg * norm.mean_neg[index]).sum()
         layer = index if layer is None else layer
-        return TruthDirection(w_pos.clone(), w_neg.clone(), bias.reshape(()).clone(), int(layer), site,
-                              self.method, self.oriented,
+        return TruthDirection(w_pos.clone(), w_neg.clone(), bias.reshape(()).clone(), self.method, self.oriented,
                               provenance=Provenance(where=Where.at(site, int(layer)), method=self.method))
 
 

@@ -24,7 +24,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..core.errors import EmptyDataError
+from ..core.errors import EmptyDataError, ShapeError
 from ..data import Statement
 
 QUESTION = "{statement} Is this true? {answer}"
@@ -69,13 +69,13 @@ def contrast_prompts(statements: Sequence[Statement], *, distractor_pairs: int |
     if len(statements) < 2:
         raise EmptyDataError(f"need at least two statements to build contrast pairs, got {len(statements)}")
     if "{statement}" not in question or "{answer}" not in question:
-        raise ValueError("question must contain the fields {statement} and {answer}")
+        raise ShapeError("question must contain the fields {statement} and {answer}")
     prompts: list[ContrastPrompt] = []
     for i, st in enumerate(statements):
         prompts += _pair(st, i, CLEAN, None, question, answers, words)
     wanted = len(statements) // 2 if distractor_pairs is None else distractor_pairs
     if wanted < 0:
-        raise ValueError(f"distractor_pairs must be non-negative, got {wanted}")
+        raise ShapeError(f"distractor_pairs must be non-negative, got {wanted}")
     subjects: dict[str, list[Statement]] = {}
     for st in statements:
         subjects.setdefault(st.subject, []).append(st)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ..core.section import AuditContext, Need, Section, last_token_rows
-from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, CausalSection, Need, SiteRows, last_token_rows
 from ..core.sites import Site
 from ..core.threads import one_thread
 from ..data import split
@@ -23,33 +23,26 @@ LABELS = {"ccs": "CCS", "contrast_pca": "contrast PCA", "mean_difference": "mean
 RESTARTS = 10
 
 
-class TruthDirectionsSection(Section):
+class TruthDirectionsSection(CausalSection):
     id = "truth_directions"
     title = "Truth directions without labels"
-
-    def applicable(self, ctx: AuditContext) -> str | None:
-        if not ctx.causal:
-            return "the statements are filtered by what the model itself answers, which needs a causal language model"
-        return None
+    causal_reason = "the statements are filtered by what the model itself answers, which needs a causal language model"
 
     def needs(self, ctx: AuditContext) -> list[Need]:
-        self.sites = tuple(Site("resid_post", i) for i in range(ctx.structure.n_layers))
-        self.last: list[torch.Tensor] = []  # [layers, texts, d] per batch
+        self.last = SiteRows(Site("resid_post", i) for i in range(ctx.structure.n_layers))  # at the answer token
         self.penultimate: list[torch.Tensor] = []  # [texts, d]: last block, one token before the end
-        self.index: list[torch.Tensor] = []
         self.tokens: dict[int, list[int]] = {}
         # positions="all" so that the token before the answer is seen too (for the zero-shot answer);
         # only two rows per text are kept.
-        return [Need(SOURCE_NAME, self.sites, positions="all")]
+        return [Need(SOURCE_NAME, self.last.sites, positions="all")]
 
     def consume(self, source: str, batch: Batch) -> None:
         rows = last_token_rows(batch)
         prev = (rows - 1).clamp_min(0)
         same_text = (batch.text_index[prev] == batch.text_index[rows]) & (rows > 0)
-        self.last.append(torch.stack([batch.activations[s][rows].float().cpu() for s in self.sites]))
-        final = batch.activations[self.sites[-1]]
+        self.last.add(batch, rows)
+        final = batch.activations[self.last.sites[-1]]
         self.penultimate.append(torch.where(same_text[:, None], final[prev].float().cpu(), float("nan")))
-        self.index.append(batch.text_index[rows])
         for text in batch.text_index.unique().tolist():
             self.tokens[text] = batch.token_ids[batch.text_index == text].tolist()
 
@@ -59,9 +52,10 @@ class TruthDirectionsSection(Section):
 
     def _finish(self, ctx: AuditContext) -> SectionResult:
         result = SectionResult(self.id, self.title)
-        prompts: list[ContrastPrompt] = ctx.sources[SOURCE_NAME]
-        order = torch.cat(self.index).argsort()
-        acts = torch.cat(self.last, dim=1)[:, order]  # [layers, texts, d] in text order
+        prompts: list[ContrastPrompt] = ctx.items(SOURCE_NAME)
+        last, index = self.last.result()
+        order = index.argsort()
+        acts = last[:, order]  # [layers, texts, d] in text order
         penultimate = torch.cat(self.penultimate)[order]
         clean = _pairs(prompts, CLEAN)
         n_layers = acts.shape[0]

@@ -1,8 +1,7 @@
-"""Per-state affine translators read through the logit lens: the shape shared by the affine and
-tuned lenses.
+"""The lens artifacts: per-state affine translators read through the logit lens.
 
 A translator moves the residual stream read at state ``s`` (0 = the embeddings, ``l + 1`` = after
-block ``l``) towards the last block's residual, in residual form as in the tuned lens
+block ``l``) towards the last block's residual (before the final norm), in residual form as in the tuned lens
 (arXiv 2303.08112)::
 
     translate(h, s) = h + h @ A[s] + b[s]
@@ -11,18 +10,24 @@ and the model's own final norm and unembedding decode the result. With ``A = 0``
 translator is the identity and the lens is the logit lens, exactly. ``A`` may be ``None``: a
 bias-only lens (one shift per state). The last state is always left as the identity, so every
 lens reproduces the model's logits there.
+
+Lenses read a model and never change it: read-only artifacts with no strength (``provenance.units``
+is None) and no ``apply``. They read every layer's residual stream, so ``provenance.where`` is
+:data:`LENS_WHERE`. Fitting lives in :mod:`.affine` (closed form) and :mod:`.tuned` (SGD).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ..core.artifact import Artifact
+from ..core.artifact import Artifact, Where
 from ..core.errors import LayerError, NonFiniteError, ShapeError
 from ..core.locate import Structure
 from .logit import LogitLens
+
+LENS_WHERE = Where("resid_post", ())  # every layer (and the embeddings, state 0)
 
 
 @dataclass(frozen=True)
@@ -92,3 +97,29 @@ class DecodedLens:
 
     def logits(self, hidden: torch.Tensor, state: int) -> torch.Tensor:
         return self.decoder(self.translators.translate(hidden, state))
+
+
+@dataclass(frozen=True)
+class AffineLens(Translators):
+    """Per-state affine translators fitted in closed form; ``method`` is "ridge" or "bias"."""
+
+    kind = "lens.affine"
+    method: str = "ridge"
+    ridge: list[float | None] | None = None  # the relative ridge chosen for each state (last: None)
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class TunedLens(Translators):
+    """Translators trained by SGD on the KL to the final distribution; ``history`` holds the mean
+    training KL over states (nats) before each step."""
+
+    kind = "lens.tuned"
+    steps: int = 0
+    tokens: int = 0
+    history: list[float] = field(default_factory=list)
+
+    @classmethod
+    def zeros(cls, n_states: int, d_model: int) -> TunedLens:
+        """The untrained lens: identical to the logit lens."""
+        return cls(torch.zeros(n_states, d_model, d_model), torch.zeros(n_states, d_model))

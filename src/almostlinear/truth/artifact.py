@@ -1,4 +1,8 @@
-"""``TruthDirection``: one fitted truth direction at one site, in the units of raw activations."""
+"""``TruthDirection``: one fitted truth direction at one site, in the units of raw activations.
+
+It reads contrast pairs and never changes a model: a read-only artifact with no strength
+(``provenance.units`` is None) and no ``apply``. Where it reads is ``provenance.where``.
+"""
 
 from __future__ import annotations
 
@@ -23,12 +27,10 @@ class TruthDirection(Artifact):
     whose sign is arbitrary: their ``score`` is ``max(acc, 1 - acc)``.
     """
 
-    kind = "truth-direction"
+    kind = "truth.direction"
     direction: torch.Tensor
     direction_neg: torch.Tensor
     bias: torch.Tensor
-    layer: int
-    site: str
     method: str
     oriented: bool
 
@@ -40,6 +42,16 @@ class TruthDirection(Artifact):
             )
         if self.bias.numel() != 1:
             raise ShapeError(f"bias must be a scalar, got shape {tuple(self.bias.shape)}")
+
+    @property
+    def site(self) -> str | None:
+        """The site name it reads (``provenance.where.site``)."""
+        return self.provenance.site
+
+    @property
+    def layer(self) -> int | None:
+        """The layer it reads (``provenance.where.layer``)."""
+        return self.provenance.layer
 
     def decision(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> torch.Tensor:
         """``[n]`` scores of ``[n, d]`` pairs; positive means the "Yes" answer is the consistent one."""
