@@ -162,7 +162,7 @@ def main() -> None:
             ft_sd = {k: v.clone() for k, v in model.state_dict().items()}
         tvs[name] = TaskVector.from_state_dicts(base_sd, ft_sd)
         for lam in (1.0, -1.0):
-            row(f"base + {lam:g}*tau_{name}", tvs[name].apply_to(base_sd, scale=lam))
+            row(f"base + {lam:g}*tau_{name}", tvs[name].apply_to(base_sd, strength=lam))
     a, b = tvs["iso3"], tvs["phone"]
     out["cosine_tau"] = float(cosine_matrix([a, b])[0, 1])
     out["sign_conflict_all"] = sign_conflict_rate([a, b])

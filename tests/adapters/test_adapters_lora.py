@@ -10,7 +10,9 @@ import torch
 from tiny_models import build_model
 
 from almostlinear import adapters as ad
-from almostlinear.core.errors import ArtifactError, NonFiniteError
+from almostlinear.core.errors import AlmostLinearError, ArtifactError, LeverError, NonFiniteError
+from almostlinear.core.lever import BASE_ATTR, Baked, Lever
+from almostlinear.core.models import LoadedModel
 
 peft = pytest.importorskip("peft")
 
@@ -111,26 +113,86 @@ def test_factor_wise_mixing_reproduces_peft_linear_and_is_far_from_the_sum(base,
         assert error > 0.3  # cross terms BᵢAⱼ: far from the exact sum
 
 
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_state(model, state) -> None:
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert not hasattr(model, BASE_ATTR)
+
+
+def test_an_adapter_is_a_lever_with_raw_strength(folders):
+    adapter = ad.read_peft(folders[0])
+    assert isinstance(adapter, Lever) and adapter.bakes and adapter.strength_units == ("raw",)
+
+
 def test_apply_restores_and_bake_merges(base, folders):
     adapter = ad.read_peft(folders[0])
     model = copy.deepcopy(base)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = _state(model)
     peft_model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(folders[0]))
     x = torch.randint(3, 90, (1, 5))
     with torch.no_grad():
-        with adapter.apply(model):
+        with adapter.apply(model) as module:
+            assert module is model
             torch.testing.assert_close(model(x).logits, peft_model(x).logits, rtol=1e-4, atol=1e-5)
-        with pytest.raises(ValueError):
-            with adapter.apply(model, scale=3.0):
-                raise ValueError
+        with pytest.raises(KeyError, match="inside"):
+            with adapter.apply(model, strength=3.0):
+                assert not torch.equal(model.model.layers[0].self_attn.q_proj.weight,
+                                       before["model.layers.0.self_attn.q_proj.weight"])
+                raise KeyError("inside")
+    _assert_state(model, before)
     with pytest.raises(NonFiniteError):
-        adapter.bake_(model, scale=float("nan"))
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k])
-    adapter.bake_(model)
+        adapter.bake_(model, strength=float("nan"))
+    _assert_state(model, before)
+    baked = adapter.bake_(model)
+    assert isinstance(baked, Baked)
     merged = peft_model.merge_and_unload()
     for k, v in merged.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    baked.undo_()
+    _assert_state(model, before)
+
+
+def test_strength_scales_the_merged_delta(base, folders):
+    adapter = ad.read_peft(folders[1])
+    model = copy.deepcopy(base)
+    name = "model.layers.1.self_attn.v_proj"
+    weight = dict(model.named_modules())[name].weight
+    original = weight.detach().double().clone()
+    with adapter.apply(model, strength=-0.5):
+        torch.testing.assert_close(weight.double() - original, -0.5 * adapter.modules[name].delta(),
+                                   rtol=1e-5, atol=1e-6)
+    with adapter.apply(model, strength=0.0):
+        assert torch.equal(weight.double(), original)
+
+
+def test_a_saved_bake_is_undone_elsewhere_and_a_loaded_model_is_accepted(base, folders, tmp_path):
+    adapter = ad.read_peft(folders[2])
+    model = copy.deepcopy(base)
+    before = _state(model)
+    loaded = LoadedModel(model, None, "tiny-llama", "memory", "causal-lm")
+    with adapter.apply(loaded) as module:
+        assert module is model
+    path = adapter.bake_(loaded, strength=2.0).save(tmp_path / "baked.safetensors")
+    record = Baked.load(path)
+    with pytest.raises(LeverError, match="not as this"):  # other weights than the bake left: refused, unchanged
+        record.undo_(copy.deepcopy(base))
+    record.undo_(loaded)
+    _assert_state(model, before)
+
+
+def test_an_adapter_for_another_model_changes_nothing(folders):
+    adapter = ad.read_peft(folders[0])
+    model = build_model("gpt2")
+    before = _state(model)
+    with pytest.raises(AlmostLinearError, match="no module"):
+        adapter.apply(model)
+    with pytest.raises(AlmostLinearError, match="no module"):
+        adapter.bake_(model)
+    _assert_state(model, before)
 
 
 def test_unsupported_variants_are_refused(base, tmp_path):
@@ -185,3 +247,12 @@ def test_a_failed_write_keeps_the_previous_adapter_whole(folders, tmp_path, monk
             with pytest.raises(OSError, match="disk full"):
                 ad.write_peft(bigger, out)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_cli_module_and_package_face_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, almostlinear.adapters.cli, almostlinear.adapters as a; a.__all__;"
+            " sys.exit(int('torch' in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -11,7 +11,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.optim.swa_utils import update_bn as torch_update_bn
 
 from almostlinear.averaging import WeightAverage, average_checkpoints, update_bn
-from almostlinear.core.errors import EmptyDataError, ShapeError
+from almostlinear.core.errors import AlmostLinearError, ChoiceError, EmptyDataError, ShapeError
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -100,8 +100,12 @@ def test_bad_input():
         average_checkpoints([])
     with pytest.raises(ShapeError):
         average_checkpoints([{"w": torch.zeros(2)}, {"w": torch.zeros(3)}])
-    with pytest.raises(ValueError):
+    with pytest.raises(ChoiceError, match="averaging mode 'mean'; choose one of 'swa', 'ema'"):
         WeightAverage(_net(), "mean")
+    with pytest.raises(ChoiceError, match="buffer handling"):
+        WeightAverage(_net(), buffers="keep")
+    with pytest.raises(AlmostLinearError, match="EMA decay"):
+        average_checkpoints([{"w": torch.zeros(2)}], "ema", decay=1.0)
     with pytest.raises(ShapeError, match="parameters"):  # a deeper network, not a silent partial average
         WeightAverage(_net()).update(nn.Sequential(_net(), nn.Linear(3, 3)))
     with pytest.raises(EmptyDataError):
@@ -124,3 +128,12 @@ def test_swa_during_digits_training_equals_averaged_model():
     assert ours.n_averaged == 2
     for a, b in zip(ours.module.parameters(), reference.module.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_package_face_is_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, almostlinear.averaging as a; assert 'WeightAverage' in a.__all__;"
+            " sys.exit(int('torch' in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -42,3 +42,13 @@ def test_interpolate_command_between_two_saved_models(tmp_path, capsys):
     assert summary["barrier"] == pytest.approx(max(summary["values"]["loss"]) - (summary["values"]["loss"][0]
                                                                                 + summary["values"]["loss"][2]) / 2)
     assert "barrier" in capsys.readouterr().out
+
+
+def test_cli_module_and_package_face_import_no_torch():
+    import subprocess
+    import sys
+
+    # the parser imports every family's cli module; torch comes later, with a command that needs it
+    code = ("import sys, almostlinear.connectivity.cli, almostlinear.connectivity as c; c.__all__;"
+            " sys.exit(int('torch' in sys.modules or 'scipy' in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

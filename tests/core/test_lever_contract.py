@@ -40,6 +40,17 @@ def _assert_same(module: torch.nn.Module, state: dict[str, torch.Tensor], hooks:
     assert _hooks(module) == hooks, "a hook was left on the model"
 
 
+def _equal(a, b) -> bool:
+    """Equality that compares tensors bit for bit, also inside dicts and lists."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 # --- every kind -----------------------------------------------------------------------------------
 
 
@@ -67,11 +78,7 @@ def test_save_load_round_trip(kind, tmp_path):
     loaded = Artifact.load(path)
     assert type(loaded) is type(artifact)
     for f in dataclasses.fields(artifact):
-        a, b = getattr(artifact, f.name), getattr(loaded, f.name)
-        if isinstance(a, torch.Tensor):
-            assert a.dtype == b.dtype and torch.equal(a, b), f.name
-        else:
-            assert a == b, f.name
+        assert _equal(getattr(artifact, f.name), getattr(loaded, f.name)), f.name
     units = artifact.provenance.units
     if kind in LEVERS:
         assert units in UNITS and units == type(artifact).strength_units[0]

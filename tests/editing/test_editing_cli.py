@@ -76,11 +76,12 @@ def test_edit_then_generate(folders, tmp_path, capsys):
 
 
 def test_generate_refuses_other_artifacts(tmp_path):
-    from almostlinear.editing.stats import KeyStatistics
+    from almostlinear.core.artifact import Provenance, Where
+    from almostlinear.editing import KeyStatistics
 
     c = torch.eye(3, dtype=torch.float64)
-    path = KeyStatistics(c=c, half_a=c.float(), half_b=c.float(), n_a=1, n_b=1, layer=0, source="x").save(
-        tmp_path / "stats.safetensors")
+    path = KeyStatistics(c=c, half_a=c.float(), half_b=c.float(), n_a=1, n_b=1, source="x",
+                         provenance=Provenance(where=Where.at("mlp_key", 0))).save(tmp_path / "stats.safetensors")
     with pytest.raises(ArtifactError, match="not an edit"):
         load_edit(path)
 

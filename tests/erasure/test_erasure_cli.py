@@ -1,9 +1,10 @@
-"""``almostlinear erase`` through its argparse registration, on a tiny model saved to a folder."""
+"""``almostlinear erase`` through the command line's ``main``, on a tiny model saved to a folder."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,9 +12,9 @@ from test_erasure_model import _labelled
 from tiny_models import TEXTS, build_model, make_tokenizer
 
 from almostlinear.core.artifact import load
-from almostlinear.core.errors import EmptyDataError, LayerError
+from almostlinear.core.errors import ChoiceError, EmptyDataError, LayerError
 from almostlinear.erasure import LeaceEraser
-from almostlinear.erasure.cli import parse_layers, read_labelled, register
+from almostlinear.erasure.cli import _concept, parse_layers, read_labelled
 
 
 @pytest.fixture
@@ -25,10 +26,9 @@ def folder(tmp_path):
 
 
 def _run(argv):
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from almostlinear.cli import main
+
+    return main(argv)
 
 
 def test_erase_command_end_to_end(folder, tmp_path, capsys):
@@ -86,3 +86,18 @@ def test_bad_files_and_layers(tmp_path):
     assert parse_layers("1-3,-1", 30) == [1, 2, 3, -1]
     assert parse_layers("all", 3) == [0, 1, 2]
     assert torch.tensor(parse_layers(None, 2)).tolist() == [0, 1]
+
+
+def test_unknown_dataset_and_missing_model_are_library_errors(tmp_path, capsys):
+    with pytest.raises(ChoiceError, match="dataset"):
+        _concept("rivers", None, 10, 0)
+    assert _run(["erase", "--model", str(tmp_path / "no-model-here"), "--threads", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def test_building_the_parser_imports_no_torch():
+    code = ("import argparse, sys; from almostlinear.erasure.cli import register; "
+            "register(argparse.ArgumentParser().add_subparsers()); "
+            "print(sorted(m for m in ('torch', 'transformers', 'scipy', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
 from almostlinear.core.artifact import load
-from almostlinear.core.errors import EmptyDataError, NonFiniteError, ShapeError
+from almostlinear.core.errors import ChoiceError, EmptyDataError, NonFiniteError, ShapeError
 from almostlinear.erasure import LeaceEraser, LeaceFitter, erase, shrink_covariance
 
 concept_erasure = pytest.importorskip("concept_erasure")
@@ -109,7 +109,7 @@ def test_save_load_round_trip(tmp_path):
     p = back.provenance
     expected = ("sha256:abc", "resid_post", 3, "leace", "d1")
     assert (p.model_fingerprint, p.site, p.layer, p.method, p.data_hash) == expected
-    assert p.extra["operation"] == "leace-erase"
+    assert p.units == "fraction" and "operation" not in p.extra and "sites" not in p.extra
     torch.testing.assert_close(back(x.float()), eraser(x.float()))
 
 
@@ -129,7 +129,7 @@ def test_bad_input():
         LeaceFitter(12).update(bad, z)
     with pytest.raises(NonFiniteError):
         LeaceFitter(12).update(x, torch.full((50,), float("nan")))
-    with pytest.raises(ValueError):
+    with pytest.raises(ChoiceError, match="erasure method"):
         LeaceFitter(12, method="nope")
     with pytest.raises(ShapeError):  # three classes without n_classes: refused, not erased as one number
         LeaceFitter(12).update(x, torch.arange(50) % 3)

@@ -9,10 +9,11 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from tiny_models import TEXTS, WORDS, build_model, make_tokenizer
 
-from almostlinear.core.artifact import FingerprintWarning, load
+from almostlinear.core.artifact import FingerprintWarning, Where, load
 from almostlinear.core.collect import collect
-from almostlinear.core.errors import EmptyDataError, LayerError, ShapeError
-from almostlinear.core.models import fingerprint
+from almostlinear.core.errors import ArtifactError, EmptyDataError, LayerError, LeverError, ShapeError, SiteError
+from almostlinear.core.lever import Lever
+from almostlinear.core.models import LoadedModel, fingerprint
 from almostlinear.erasure import LeaceEraser, fit_eraser
 from almostlinear.steering.cost import side_effects
 
@@ -57,9 +58,9 @@ def test_one_layer_erasure_puts_probe_at_chance(family):
 def test_every_layer_sequential_erasure_guards_every_site():
     model, tok = build_model("llama").eval(), make_tokenizer()
     texts, labels = _labelled()
-    sites = ["resid_pre.0", "resid_pre.1", "resid_post.1"]
+    sites = ["resid_post.0", "resid_post.1"]
     eraser = fit_eraser(model, tok, texts, labels, sites, positions="last")
-    assert eraser.sites == tuple(sites)
+    assert eraser.sites == tuple(sites) and eraser.provenance.where == Where("resid_post", (0, 1))
     before = collect(model, tok, texts, sites, positions="last")
     with eraser.apply(model):
         acts = collect(model, tok, texts, sites, positions="last")
@@ -82,7 +83,8 @@ def test_apply_restores_model_bit_for_bit_also_on_exception():
     with torch.no_grad():
         plain = model(**inputs).logits
     before = _state(model)
-    with torch.no_grad(), eraser.apply(model):
+    with torch.no_grad(), eraser.apply(model) as module:
+        assert module is model
         erased = model(**inputs).logits
     assert (erased - plain).abs().max() > 1e-4
     with pytest.raises(KeyError):
@@ -107,17 +109,24 @@ def test_save_load_and_fingerprint_warning(tmp_path):
     texts, labels = _labelled()
     eraser = fit_eraser(model, tok, texts, labels, ["resid_pre.0", "resid_pre.1"], data_hash="h")
     back = load(eraser.save(tmp_path / "e.safetensors"))
-    assert isinstance(back, LeaceEraser) and back.sites == eraser.sites
+    assert isinstance(back, LeaceEraser) and back.sites == eraser.sites == ("resid_pre.0", "resid_pre.1")
     p = back.provenance
-    assert p.site == "resid_pre" and p.layer is None and p.data_hash == "h"
-    assert p.extra["operation"] == "leace-erase" and p.extra["sites"] == ["resid_pre.0", "resid_pre.1"]
+    assert p == eraser.provenance
+    assert p.where == Where("resid_pre", (0, 1)) and p.layer is None and p.data_hash == "h"
+    assert p.units == "fraction" and p.method == "leace" and not {"operation", "sites", "ranks"} & set(p.extra)
     x = torch.randn(5, 32)
     torch.testing.assert_close(back(x, "resid_pre.1"), eraser(x, "resid_pre.1"))
     one = back.at("resid_pre.1")
+    assert one.sites == ("resid_pre.1",) and one.provenance.layer == 1
     torch.testing.assert_close(one(x), eraser(x, "resid_pre.1"))
+    other = build_model("gpt_neox", seed=1)
     with pytest.warns(FingerprintWarning):
-        with back.apply(build_model("gpt_neox", seed=1)):
+        with back.apply(other):
             pass
+    with pytest.raises(ArtifactError):
+        with back.apply(other, strict=True):
+            pass
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in other.modules())
 
 
 def test_bad_input():
@@ -142,6 +151,58 @@ def test_bad_input():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def test_one_eraser_acts_at_one_site_name():
+    model, tok = build_model("llama").eval(), make_tokenizer()
+    texts, labels = _labelled(n=12)
+    with pytest.raises(SiteError, match="one site name"):
+        fit_eraser(model, tok, texts, labels, ["resid_pre.1", "resid_post.1"])
+    x, z = torch.randn(20, 32), torch.arange(20) % 2
+    a, b = LeaceEraser.fit(x, z, site="resid_pre.0"), LeaceEraser.fit(x, z, site="mlp_out.1")
+    from almostlinear.erasure import stack
+
+    with pytest.raises(SiteError, match="one site name"):
+        stack([a, b])
+    assert stack([a, LeaceEraser.fit(x, z, site="resid_pre.1")]).sites == ("resid_pre.0", "resid_pre.1")
+
+
+def test_is_a_lever_whose_strength_interpolates_and_that_cannot_be_baked():
+    model, tok = build_model("llama").eval(), make_tokenizer()
+    texts, labels = _labelled()
+    site = "resid_post.1"
+    eraser = fit_eraser(model, tok, texts, labels, site, positions="last")
+    assert isinstance(eraser, Lever) and eraser.kind == "erasure.leace"
+    assert eraser.strength_units == ("fraction",) and not eraser.bakes
+    inputs = tok(list(TEXTS), return_tensors="pt", padding=True)
+    before = collect(model, tok, texts, [site], positions="last")[site]
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with eraser.apply(model, strength=0.0):
+            assert torch.equal(model(**inputs).logits, plain)
+    with eraser.apply(model, strength=0.5):
+        half = collect(model, tok, texts, [site], positions="last")[site]
+    torch.testing.assert_close(half, (before + eraser(before)) / 2, rtol=1e-5, atol=1e-5)
+    state = _state(model)
+    with pytest.raises(LeverError, match="oblique affine map"):
+        eraser.bake_(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_a_loaded_model_is_accepted():
+    model, tok = build_model("gpt2").eval(), make_tokenizer()
+    loaded = LoadedModel(model, tok, "tiny-gpt2", "memory", "causal-lm")
+    texts, labels = _labelled()
+    eraser = fit_eraser(loaded, None, texts, labels, "resid_post.0")
+    assert eraser.provenance.model_fingerprint == loaded.fingerprint
+    inputs = tok(list(TEXTS), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        with eraser.apply(model):
+            direct = model(**inputs).logits
+        with eraser.apply(loaded) as module:
+            assert module is model
+            assert torch.equal(model(**inputs).logits, direct)
+
+
 def test_guardedness_matches_sklearn_and_hooked_reading():
     from almostlinear.erasure.evaluate import guardedness
 
@@ -154,10 +215,33 @@ def test_guardedness_matches_sklearn_and_hooked_reading():
     assert got.accuracy_before > 0.8
     assert got.accuracy_after <= got.chance + 0.15
     # the same number read through the hooks (two-site eraser takes the hooked path)
-    two = fit_eraser(model, tok, *train, ["resid_pre.0", "resid_post.1"])
+    two = fit_eraser(model, tok, *train, ["resid_post.0", "resid_post.1"])
     hooked = guardedness(model, tok, two, train, test)
     assert hooked.accuracy_after <= hooked.chance + 0.15
     x = collect(model, tok, texts, ["resid_post.1"], positions="last")["resid_post.1"]
     after = eraser(x)
     sk = LogisticRegression(max_iter=5000).fit(after[:120].double().numpy(), labels[:120].numpy())
     assert sk.score(after[120:].double().numpy(), labels[120:].numpy()) <= 0.5 + 0.15
+
+
+def test_a_file_of_format_1_loads_in_todays_shape(tmp_path):
+    """Format 1 kept the layers in a ``sites`` field (and in ``extra``) and only a shared site name in provenance."""
+    from almostlinear.core.artifact import write_file
+
+    eraser = LeaceEraser.from_factors({f"resid_pre.{i}": (torch.randn(32, 1), torch.randn(1, 32), torch.randn(32))
+                                       for i in (0, 1)})
+    header = {"kind": "leace-eraser", "format_version": 1,
+              "fields": {"sites": ["resid_pre.0", "resid_pre.1"], "ranks": [1, 1], "method": "leace"},
+              "provenance": {"model_fingerprint": None, "site": "resid_pre", "layer": None, "method": "leace",
+                             "units": "raw activations; erased in place of the site's activation",
+                             "extra": {"operation": "leace-erase", "sites": ["resid_pre.0", "resid_pre.1"],
+                                       "ranks": [1, 1], "svd_tol": 1e-6},
+                             "library_version": "0.1.0"}}
+    path = write_file(tmp_path / "old.safetensors",
+                      {"left": eraser.left, "right": eraser.right, "mean": eraser.mean}, header)
+    back = load(path)
+    assert isinstance(back, LeaceEraser) and back.sites == ("resid_pre.0", "resid_pre.1")
+    assert back.provenance.where == Where("resid_pre", (0, 1)) and back.provenance.units == "fraction"
+    assert back.provenance.extra == {"svd_tol": 1e-6}
+    x = torch.randn(4, 32)
+    torch.testing.assert_close(back(x, "resid_pre.1"), eraser(x, "resid_pre.1"))

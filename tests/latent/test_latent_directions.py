@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from almostlinear.core.artifact import load
-from almostlinear.core.errors import EmptyDataError, ShapeError
+from almostlinear.core.errors import EmptyDataError, NonFiniteError, ShapeError
 from almostlinear.latent import (
     AttributeDirection,
     analogy,
@@ -38,15 +38,21 @@ def test_attribute_direction_moves_one_class_mean_onto_another_and_round_trips(t
     z, labels, _ = _clusters()
     direction = AttributeDirection.fit(z, labels, 0, 2, space="synthetic")
     means = class_means(z, labels)
-    assert torch.allclose(direction.apply(means[0].float()), means[2].float(), atol=1e-6)
-    assert torch.allclose(analogy(z[:4], means[0].float(), means[2].float()), direction.apply(z[:4]), atol=1e-6)
+    assert torch.allclose(direction.shift(means[0].float()), means[2].float(), atol=1e-6)
+    assert torch.allclose(analogy(z[:4], means[0].float(), means[2].float()), direction.shift(z[:4]), atol=1e-6)
+    halfway = 0.5 * (means[0] + means[2]).float()
+    assert torch.allclose(direction.shift(means[0].float(), 0.5), halfway, atol=1e-6)
+    assert not hasattr(direction, "apply")  # it moves codes, not a model
     again = load(direction.save(tmp_path / "direction.safetensors"))
-    assert isinstance(again, AttributeDirection) and again.kind == "latent-direction"
+    assert isinstance(again, AttributeDirection) and again.kind == "latent.attribute_direction"
+    assert again.provenance.units == "raw" and again.provenance.where is None
     assert torch.equal(again.vector, direction.vector) and (again.source, again.target) == ("0", "2")
     with pytest.raises(EmptyDataError, match="label 7"):
         AttributeDirection.fit(z, labels, 0, 7)
     with pytest.raises(ShapeError):
-        direction.apply(torch.zeros(2, 4))
+        direction.shift(torch.zeros(2, 4))
+    with pytest.raises(NonFiniteError):
+        direction.shift(z, float("inf"))
     with pytest.raises(ShapeError, match="one label per code"):
         class_means(z, labels[:-1])
 

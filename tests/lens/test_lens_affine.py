@@ -7,7 +7,8 @@ from sklearn.linear_model import Ridge
 from tiny_models import WORDS, build_model, make_tokenizer
 
 from almostlinear import locate, stream
-from almostlinear.core.errors import EmptyDataError, LayerError, ShapeError
+from almostlinear.core.artifact import Where
+from almostlinear.core.errors import ChoiceError, EmptyDataError, LayerError, ShapeError
 from almostlinear.lens import AffineLens, AffineLensFitter, LogitLens, evaluate_lenses, fit_affine_lens, lens_sites
 
 
@@ -117,6 +118,8 @@ def test_affine_lens_beats_logit_lens_on_held_out_text(family):
         structure.unembedding.weight.mul_(10)
     affine = fit_affine_lens(model, tokenizer, _random_texts(200, seed=1), structure=structure)
     assert isinstance(affine, AffineLens) and affine.provenance.model_fingerprint
+    assert affine.provenance.where == Where("resid_post", ()) and affine.provenance.units is None  # every layer
+    assert not any(hasattr(affine, verb) for verb in ("apply", "bake_"))  # a lens only reads
     decoder = LogitLens.from_structure(structure)
     held_out = stream(model, tokenizer, _random_texts(40, seed=2), lens_sites(structure), logits=True,
                       skip_first=True, structure=structure)
@@ -145,7 +148,7 @@ def test_fit_affine_lens_checks_its_arguments():
     model, tokenizer = build_model("llama"), make_tokenizer()
     with pytest.raises(EmptyDataError, match="at least 4 texts"):
         fit_affine_lens(model, tokenizer, _random_texts(3, seed=0))
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ChoiceError, match="affine lens method"):
         fit_affine_lens(model, tokenizer, _random_texts(8, seed=0), method="tuned")
     bias = fit_affine_lens(model, tokenizer, _random_texts(3, seed=0), method="bias")
     assert bias.A is None and bias.method == "bias" and bias.provenance.extra["texts"] == 3

@@ -36,7 +36,7 @@ def test_tuned_lens_round_trip(tmp_path):
     assert isinstance(back, TunedLens)
     assert back.history == [3.0, 2.5, 2.0] and back.steps == 7 and back.tokens == 70
     assert torch.equal(back.A, A) and torch.equal(back.b, b)
-    with pytest.raises(ArtifactError, match="not a 'affine-lens'"):
+    with pytest.raises(ArtifactError, match="not a 'lens.affine'"):
         AffineLens.load(tmp_path / "tuned.safetensors")
 
 

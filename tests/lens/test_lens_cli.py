@@ -1,6 +1,7 @@
 import pytest
 from tiny_models import build_model, make_tokenizer
 
+from almostlinear.core.errors import ChoiceError
 from almostlinear.lens import AffineLens
 from almostlinear.lens.cli import lens_command
 
@@ -35,7 +36,7 @@ def test_affine_lens_is_fitted_once_then_read_from_the_cache(tiny_folder, tmp_pa
 
 
 def test_unknown_kind_is_refused(tiny_folder):
-    with pytest.raises(ValueError, match="--kind"):
+    with pytest.raises(ChoiceError, match="unknown lens kind 'magic'"):
         lens_command(str(tiny_folder), "a dog", "magic")
 
 

@@ -5,7 +5,6 @@ from tiny_models import WORDS, build_model, make_tokenizer
 from almostlinear.core.section import AuditContext, Budget
 from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
-from almostlinear.lens import section as lens_section
 from almostlinear.lens.section import LogitLensSection
 
 
@@ -14,13 +13,13 @@ def _texts(n, seed=0):
     return [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (12,), generator=g).tolist()) for _ in range(n)]
 
 
-def _run(lens_tokens=60, n_texts=200):
+def _run(lens_tokens=60, n_texts=200, quick=True):
     model = build_model("llama")
     with torch.no_grad():
         model.lm_head.weight.mul_(10)  # peaked final distributions: the logit lens is measurably off
     loaded = LoadedModel(model, make_tokenizer(), "tiny-llama", "memory", "causal-lm")
     budget = Budget(neutral_texts=n_texts, neutral_new_tokens=12, lens_tokens=lens_tokens, statements=8,
-                    fact_candidates=8, batch_size=16)
+                    fact_candidates=8, batch_size=16, quick_mode=quick)
     texts = _texts(n_texts)
     ctx = AuditContext(loaded, budget, progress=lambda _: None, sources={"neutral": texts})
     [result] = run_sections(ctx, [LogitLensSection()], lambda source: texts)
@@ -44,10 +43,8 @@ def test_section_compares_logit_and_affine_lenses_on_held_out_text():
     assert "beats the logit lens at every layer before the last" in " ".join(result.notes)
 
 
-def test_larger_budget_adds_bias_only_and_tuned_lenses(monkeypatch):
-    monkeypatch.setattr(lens_section, "BIAS_MIN_LENS_TOKENS", 60)
-    monkeypatch.setattr(lens_section, "TUNED_MIN_LENS_TOKENS", 60)
-    result = _run()
+def test_outside_quick_mode_the_bias_only_and_tuned_lenses_join():
+    result = _run(quick=False)
     assert result.status == "ok", result.notes
     names = [s.name for s in result.figures[0].series]
     assert names == ["logit lens", "affine lens", "bias-only lens", "tuned lens"]
@@ -67,3 +64,9 @@ def test_too_few_validation_texts_fall_back_to_a_fixed_ridge():
     result = _run(lens_tokens=60, n_texts=6)  # two fitting texts, indices 4 and 5: none validates
     assert result.status == "ok", result.notes
     assert any("fixed relative ridge" in note for note in result.notes)
+
+
+def test_section_is_skipped_on_a_model_without_an_output_head():
+    loaded = LoadedModel(build_model("bert"), make_tokenizer(), "tiny-bert", "memory", "encoder")
+    ctx = AuditContext(loaded, Budget.quick(), progress=lambda _: None)
+    assert "no output head" in LogitLensSection().applicable(ctx)

@@ -3,7 +3,7 @@ import torch
 from tiny_models import TEXTS, build_model, make_tokenizer
 
 from almostlinear import collect, locate, stream
-from almostlinear.core.errors import EmptyDataError, SiteError
+from almostlinear.core.errors import ArtifactError, ChoiceError, EmptyDataError, SiteError, StructureError
 from almostlinear.lens import (
     AffineLensFitter,
     LogitLens,
@@ -42,11 +42,11 @@ def test_lens_table_has_a_row_per_state_and_a_column_per_token(kind):
 
 def test_lens_table_refuses_a_missing_or_wrong_lens():
     model, tokenizer = build_model("llama"), make_tokenizer()
-    with pytest.raises(ValueError, match="needs a fitted lens"):
+    with pytest.raises(ArtifactError, match="needs a fitted lens"):
         lens_table(model, tokenizer, PROMPT, "affine")
-    with pytest.raises(ValueError, match="needs a AffineLens"):
+    with pytest.raises(ArtifactError, match="needs a AffineLens"):
         lens_table(model, tokenizer, PROMPT, "affine", TunedLens.zeros(3, 32))
-    with pytest.raises(ValueError, match="kind must be"):
+    with pytest.raises(ChoiceError, match="unknown lens kind"):
         lens_table(model, tokenizer, PROMPT, "tuned-ish")
 
 
@@ -86,7 +86,7 @@ def test_evaluate_lens_needs_logits_and_lens_sites():
         evaluate_lens(decoder, stream(model, tokenizer, TEXTS, lens_sites(structure)))
     with pytest.raises(SiteError, match="resid_pre.0"):
         evaluate_lens(decoder, stream(model, tokenizer, TEXTS, ["resid_post.0"], logits=True))
-    with pytest.raises(ValueError, match="decoder"):
+    with pytest.raises(StructureError, match="decoder"):
         evaluate_lens(TunedLens.zeros(3, 32), stream(model, tokenizer, TEXTS, lens_sites(structure), logits=True))
 
 

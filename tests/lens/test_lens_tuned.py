@@ -4,6 +4,8 @@ import torch.nn.functional as F
 from tiny_models import TEXTS, build_model, make_tokenizer
 
 from almostlinear import collect, locate
+from almostlinear.core.artifact import Where
+from almostlinear.core.errors import LeverError
 from almostlinear.lens import (
     AffineLensFitter,
     LogitLens,
@@ -73,7 +75,7 @@ def test_a_few_steps_reduce_the_training_kl():
     lens = trainer.result()
     assert lens.steps == 8 and len(lens.history) == 8 and lens.history[0] == pytest.approx(before, rel=1e-5)
     assert torch.equal(lens.A[-1], torch.zeros_like(lens.A[-1])) and torch.equal(lens.b[-1], torch.zeros_like(lens.b[-1]))
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(LeverError, match="steps"):
         trainer.step(states)
 
 
@@ -89,7 +91,8 @@ def test_train_tuned_lens_end_to_end():
     model, tokenizer = build_model("llama"), make_tokenizer()
     settings = TunedLensSettings(tokens_per_step=16)
     lens = train_tuned_lens(model, tokenizer, TEXTS, token_budget=64, settings=settings, progress=False)
-    assert lens.steps == 4 and lens.tokens == 64 and lens.kind == "tuned-lens"
+    assert lens.steps == 4 and lens.tokens == 64 and lens.kind == "lens.tuned"
+    assert lens.provenance.where == Where("resid_post", ()) and lens.provenance.units is None
     assert lens.provenance.extra["init"] == "TunedLens"
     with pytest.raises(ValueError, match="no texts"):
         train_tuned_lens(model, tokenizer, [], progress=False)

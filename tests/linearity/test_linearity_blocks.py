@@ -7,12 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from almostlinear.core.collect import tokenize
-from almostlinear.core.errors import ShapeError, StructureError
+from almostlinear.core.errors import ChoiceError, ShapeError, StructureError
+from almostlinear.core.hooks import record
 from almostlinear.core.locate import locate
-from almostlinear.linearity import PairMoments, held_out_r2, record_sublayers, replace_sublayer, sublayer
+from almostlinear.core.stats import RunningMoments
+from almostlinear.linearity import PairMoments, held_out_r2, replace_sublayer, sublayer
 from almostlinear.linearity.affine import AffineFit
 from almostlinear.linearity.passes import next_token_loss, sublayer_moments
-from almostlinear.linearity.sublayers import KINDS, mlp_module
+from almostlinear.linearity.sublayers import KINDS
 from tiny_models import CAUSAL, TEXTS, WORDS, build_model, make_tokenizer
 
 
@@ -53,9 +55,23 @@ def test_merged_moments_equal_moments_of_all_data(cut, seed):
     a = PairMoments(2, 5, 5, torch.float64).update(x[:, :cut], y[:, :cut])
     b = PairMoments(2, 5, 5, torch.float64).update(x[:, cut:], y[:, cut:])
     merged = a.merge(b)
-    for name in ("mean_x", "mean_y", "sxx", "sxy", "syy_trace"):
+    assert isinstance(merged, PairMoments)
+    for name in ("mean_x", "mean_y", "sxx_", "sxy_", "syy_"):
         assert torch.allclose(getattr(merged, name), getattr(whole, name), atol=1e-9, rtol=1e-9)
     assert merged.n == whole.n
+
+
+def test_each_layer_of_pair_moments_equals_running_moments_of_that_layer():
+    x, y = _pairs(40, 3)
+    pairs = PairMoments(2, 5, 5, torch.float64).update(x[:, :15], y[:, :15]).update(x[:, 15:], y[:, 15:])
+    for layer in range(2):
+        single = RunningMoments(5, 5).update(x[layer, :15], y[layer, :15]).update(x[layer, 15:], y[layer, 15:])
+        assert torch.allclose(pairs.mean_x[layer], single.mean_x, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(pairs.sxx_[layer], single.sxx_, rtol=1e-12, atol=1e-10)
+        assert torch.allclose(pairs.sxy_[layer], single.sxy_, rtol=1e-12, atol=1e-10)
+        assert torch.allclose(pairs.syy_[layer], single.syy_.trace(), rtol=1e-12)
+    with pytest.raises(ShapeError, match="trace"):
+        pairs.cov_y()
 
 
 def test_ridge_is_chosen_on_validation_and_exact_maps_score_one():
@@ -120,9 +136,9 @@ def test_replacing_a_sublayer_by_an_exact_map_leaves_the_logits_unchanged(family
     with torch.no_grad():
         before = model(**inputs).logits
     part = sublayer(s, 1, "mlp")
-    with torch.no_grad(), record_sublayers(model, s, [part]) as reading:
+    with torch.no_grad(), record(model, [part.output], keep_full=True, structure=s) as reading:
         model(**inputs)
-        true_out = reading.outputs[(1, "mlp")].clone()
+    true_out = reading.full(part.output)[0].clone()
     # a "map" that returns the recorded output for these inputs: replacement by a perfect fit
     with torch.no_grad(), replace_sublayer(model, part, lambda x: true_out):
         same = model(**inputs).logits
@@ -158,8 +174,10 @@ def test_sublayers_are_found_in_every_decoder_and_refused_in_bert():
         s = locate(build_model(family))
         for kind in KINDS:
             part = sublayer(s, 0, kind)
-            assert any(m is part.out_proj for m in part.module.modules())
+            assert (part.input.name, part.output.name) == (f"{kind}_in", f"{kind}_out")
+            reads, writes = part.input.target(s)[0], part.output.target(s)[0]
+            assert any(m is writes for m in reads.modules())  # the output projection is inside the sublayer
     with pytest.raises(StructureError, match="MLP"):
-        mlp_module(locate(build_model("bert")), 0)
-    with pytest.raises(ValueError, match="kind"):
+        sublayer(locate(build_model("bert")), 0, "mlp")
+    with pytest.raises(ChoiceError, match="kind"):
         sublayer(locate(build_model("llama")), 0, "ffn")

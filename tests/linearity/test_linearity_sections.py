@@ -7,7 +7,10 @@ from almostlinear.core.section import AuditContext, Budget
 from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
 from almostlinear.linearity.blocks_section import BlockLinearitySection
+from almostlinear.linearity.blocks import held_out_r2
 from almostlinear.linearity.causal_section import CausalInnerProductSection
+from almostlinear.linearity.passes import sublayer_moments
+from almostlinear.linearity.sublayers import KINDS, sublayer
 from tiny_models import WORDS, build_model, make_tokenizer
 
 BUDGET = Budget(neutral_texts=24, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40,
@@ -71,3 +74,30 @@ def test_causal_inner_product_section_needs_no_forward_pass():
 def test_causal_section_is_skipped_without_a_head():
     (result,) = _run("bert", [CausalInnerProductSection()])
     assert result.status == "skipped" and "output head" in result.notes[0]
+
+
+def _own_pass_r2(loaded, texts):
+    """The held-out R² of a separate forward pass per split (how the section measured before it joined
+    the shared pass)."""
+    s = loaded.structure
+    parts = [sublayer(s, layer, kind) for layer in range(s.n_layers) for kind in KINDS]
+    splits = [[t for i, t in enumerate(texts) if i % 4 in rests] for rests in ((0, 1), (2,), (3,))]
+    moments = [sublayer_moments(loaded.model, loaded.tokenizer, s, split, parts, batch_size=BUDGET.batch_size)
+               for split in splits]
+    return {kind: held_out_r2(*(m[kind] for m in moments))[0] for kind in KINDS}, moments
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_block_fits_from_the_shared_pass_equal_those_of_a_pass_per_split(family):
+    section = BlockLinearitySection()
+    (result,) = _run(family, [section])
+    loaded = LoadedModel(build_model(family), make_tokenizer(), f"tiny-{family}", "memory", "causal-lm")
+    r2, moments = _own_pass_r2(loaded, _texts())
+    for kind in KINDS:
+        for layer in range(2):
+            assert result.metric(f"{kind}_r2_held_out", layer).value == pytest.approx(float(r2[kind][layer]), abs=1e-6)
+        for own, shared in zip(moments, section.moments.values()):
+            assert own[kind].n == shared[kind].n
+            for name in ("mean_x", "mean_y", "sxx_", "sxy_", "syy_"):  # equal to float32 rounding
+                a, b = getattr(own[kind], name), getattr(shared[kind], name)
+                assert float((a - b).abs().max()) <= 1e-6 * float(a.abs().max()), name

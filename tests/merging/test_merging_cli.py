@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
+from almostlinear.core.errors import AlmostLinearError
 from almostlinear.merging import TaskVector, verify
 from almostlinear.merging.cli import parse_size, register
 
@@ -30,15 +33,22 @@ models:
     assert _run(["merge", str(recipe), "--out", str(tmp_path / "out"), "--quiet", "--shard-size", "20KB"]) == 0
     printed = capsys.readouterr().out
     assert "sign conflicts" in printed and all(verify(tmp_path / "out").values())
-    assert _run(["merge", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 1
-    assert "already exists" in capsys.readouterr().err
+    # library errors go to the command line's one handler, which prints them as messages
+    with pytest.raises(AlmostLinearError, match="already exists"):
+        _run(["merge", str(recipe), "--out", str(tmp_path / "out"), "--quiet"])
+    with pytest.raises(AlmostLinearError, match="--out DIR is required"):
+        _run(["merge", str(recipe)])
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe.read_text() + "wat: 1\n")
-    assert _run(["merge", str(bad), "--out", str(tmp_path / "o2")]) == 1
-    assert "'wat'" in capsys.readouterr().err
+    with pytest.raises(AlmostLinearError, match="'wat'"):
+        _run(["merge", str(bad), "--out", str(tmp_path / "o2")])
     assert _run(["task-vector", str(saved_models["base"]), str(saved_models["ft0"]),
                  "--out", str(tmp_path / "tv.safetensors")]) == 0
     assert len(TaskVector.load(tmp_path / "tv.safetensors").deltas) > 0
+    assert "· reading" in capsys.readouterr().err
+    with pytest.raises(AlmostLinearError):  # an OSError (a file as the folder), reported as a message
+        _run(["task-vector", str(saved_models["base"]), str(saved_models["ft0"]),
+              "--out", str(tmp_path / "tv.safetensors" / "inside")])
 
 
 def test_parse_size():

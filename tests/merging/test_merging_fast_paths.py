@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from almostlinear.core.errors import AlmostLinearError, NonFiniteError
 from almostlinear.merging import writer as writer_module
-from almostlinear.merging.chunked import _all_finite, merge_into
+from almostlinear.merging.chunked import _all_finite
+from almostlinear.merging.dispatch import merge_into
 from almostlinear.merging.signals import MergeSignals
 from almostlinear.merging.stream import Checkpoint
 from almostlinear.merging.writer import AtomicShardedWriter, OutputTensor, verify

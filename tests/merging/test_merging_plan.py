@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import build_model, make_tokenizer
+from tiny_models import build_model
 from transformers import AutoModelForCausalLM
 
 from almostlinear.core.errors import AlmostLinearError, NonFiniteError, ShapeError

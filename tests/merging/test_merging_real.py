@@ -34,7 +34,7 @@ def test_task_vector_apply_restores_smollm2(smollm2):
     ids = smollm2.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         clean = model(ids).logits[0, -1]
-        with tv.apply(model, scale=-1.0):
+        with tv.apply(smollm2, strength=-1.0):
             shifted = model(ids).logits[0, -1]
         again = model(ids).logits[0, -1]
     assert not torch.equal(clean, shifted)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from tiny_models import build_model
 
+from almostlinear.merging import merge_state_dicts
 from almostlinear.merging.fisher import diagonal_fisher, fisher_merge
 from almostlinear.merging.regmean import collect_grams, regmean_merge, regmean_weight
 
@@ -48,6 +49,9 @@ def test_regmean_on_models_with_collected_grams():
         [a.state_dict()[name], b.state_dict()[name]], [grams[0][name], grams[1][name]], alpha=0.9))
     norm = "model.norm.weight"
     torch.testing.assert_close(merged[norm], (a.state_dict()[norm] + b.state_dict()[norm]) / 2)
+    # the same through the registry's record
+    by_record = merge_state_dicts("regmean", [a.state_dict(), b.state_dict()], grams=grams, alpha=0.9)
+    assert all(torch.equal(by_record[k], v) for k, v in merged.items())
 
 
 def test_fisher_merge_formula_and_equal_fishers_average():
@@ -57,6 +61,7 @@ def test_fisher_merge_formula_and_equal_fishers_average():
     out = fisher_merge(sds, fs, weights=[1.0, 2.0], eps=0.0)
     expected = (fs[0]["w"] * sds[0]["w"] + 2 * fs[1]["w"] * sds[1]["w"]) / (fs[0]["w"] + 2 * fs[1]["w"])
     torch.testing.assert_close(out["w"], expected)
+    assert torch.equal(merge_state_dicts("fisher", sds, weights=[1.0, 2.0], fishers=fs, eps=0.0)["w"], out["w"])
     same = fisher_merge(sds, [fs[0], fs[0]])
     torch.testing.assert_close(same["w"], (sds[0]["w"] + sds[1]["w"]) / 2)
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from sklearn.metrics.pairwise import cosine_similarity
 from tiny_models import build_model, make_tokenizer
 
-from almostlinear.core.artifact import FORMAT_VERSION, FingerprintWarning, read_header
+from almostlinear.core.artifact import FORMAT_VERSION, FingerprintWarning, Where, read_header
 from almostlinear.core.errors import ArtifactError, LeverError, NonFiniteError, ShapeError
 from almostlinear.core.lever import Baked, Lever, base_fingerprint
 from almostlinear.core.models import LoadedModel, fingerprint
@@ -153,6 +153,7 @@ def test_task_vector_is_a_lever_and_an_artifact(setup, tmp_path):
     header = read_header(tv.save(tmp_path / "tv.safetensors"))
     assert header["kind"] == "merging.task_vector" and header["format_version"] == FORMAT_VERSION
     assert header["fields"] == {} and header["provenance"]["units"] == "raw"
+    assert TaskVector.load(tmp_path / "tv.safetensors").provenance.where == Where()
 
 
 def test_a_version_1_task_vector_file_still_loads(tmp_path):
@@ -163,6 +164,7 @@ def test_a_version_1_task_vector_file_still_loads(tmp_path):
     save_file({"w": torch.arange(6.0).reshape(2, 3)}, str(path), metadata={"almostlinear": json.dumps(header)})
     tv = TaskVector.load(path)
     assert torch.equal(tv.deltas["w"], torch.arange(6.0).reshape(2, 3)) and tv.provenance.method == "difference"
+    assert tv.provenance.units == "raw"
 
 
 def test_tensors_the_lever_cannot_change_are_refused_before_anything_changes():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from almostlinear.core.artifact import load
-from almostlinear.core.errors import EmptyDataError, ShapeError
+from almostlinear.core.artifact import Where, load
+from almostlinear.core.errors import ChoiceError, EmptyDataError, ShapeError, SiteError
 from almostlinear.core.sites import Site
 from almostlinear.probes import LinearProbe, accuracy, fit_logistic, fit_mlp
 
@@ -56,7 +56,8 @@ def test_probe_provenance_round_trips_and_direction_is_unit(tmp_path):
     prov = again.provenance
     assert (prov.site, prov.layer, prov.method, prov.data_hash, prov.model_fingerprint) == (
         "resid_post", 7, "logistic", "abc123", "f00d")
-    assert prov.extra == {"l2": 1e-2}
+    assert prov.extra == {"l2": 1e-2} and prov.where == Where("resid_post", (7,)) and prov.units is None
+    assert again.kind == "probes.linear" and not hasattr(again, "apply")  # a probe only reads
     direction = again.as_direction()
     assert direction.dtype == torch.float32 and abs(float(direction.norm()) - 1) < 1e-6
     assert direction[2] > 0 > direction[5]  # points towards label True
@@ -76,8 +77,10 @@ def test_every_method_fits_through_the_artifact(method):
 def test_probe_refuses_bad_input():
     with pytest.raises(ShapeError, match="\\[n, d\\]"):
         LinearProbe.fit(torch.randn(2, 10, 3), torch.arange(10) % 2)
-    with pytest.raises(ValueError, match="unknown probe method"):
+    with pytest.raises(ChoiceError, match="unknown probe method"):
         LinearProbe.fit(torch.randn(10, 3), torch.arange(10) % 2, method="svm")
+    with pytest.raises(SiteError, match="NAME.LAYER"):
+        LinearProbe.fit(torch.randn(10, 3), torch.arange(10) % 2, site="resid_post")
     with pytest.raises(ShapeError, match="no direction"):
         LinearProbe(torch.zeros(3), torch.tensor(0.0)).as_direction()
     with pytest.raises(ShapeError, match="0/1"):

@@ -39,7 +39,8 @@ def test_train_then_eval(tiny_loaded, tmp_path, capsys):
     sae = load_artifact(out)
     assert isinstance(sae, SparseAutoencoder) and sae.width == 48 and sae.k == 6
     assert sae.tokens == 3 * (30 * 11 // 64) * 64  # three passes of whole minibatches; first tokens skipped
-    assert sae.provenance.site == "resid_post.1" and sae.provenance.data_hash
+    assert str(sae.provenance.where) == "resid_post.1" and sae.provenance.data_hash
+    assert sae.provenance.units == "fraction"
     assert "saved to" in capsys.readouterr().out
     streamed = tmp_path / "streamed.safetensors"
     assert _run(["sae", "train", "--text-file", str(text_file), "--activation", "relu", "--expansion", "2",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sae_synthetic import planted
 
-from almostlinear.core.errors import EmptyDataError, NonFiniteError, ShapeError
+from almostlinear.core.errors import ChoiceError, EmptyDataError, NonFiniteError, ShapeError
 from almostlinear.sae import (
     ReluSAE,
     SAETrainer,
@@ -177,7 +177,7 @@ def test_bad_inputs_raise_clear_errors():
         sae.encode(torch.randn(3, 6))
     with pytest.raises(EmptyDataError, match="no variance"):
         fit_sae(torch.ones(10, 4), 8, k=2)
-    with pytest.raises(ShapeError, match="activation"):
+    with pytest.raises(ChoiceError, match="SAE activation"):
         SAETrainer(4, 8, activation="gelu")
 
 

@@ -1,11 +1,11 @@
 """SAEs on models: streamed training, splicing, CE recovered against direct computations, steering,
-save/load."""
+save/load (the lever contract itself: test_sae_lever.py)."""
 
 import pytest
 import torch
 from tiny_models import TEXTS, WORDS, build_model, make_tokenizer
 
-from almostlinear.core.artifact import load as load_artifact, Where
+from almostlinear.core.artifact import FingerprintWarning, Where, load as load_artifact
 from almostlinear.core.collect import collect
 from almostlinear.core.errors import ShapeError
 from almostlinear.core.hooks import add
@@ -73,10 +73,12 @@ def test_streamed_sae_on_a_tiny_model_and_its_scores():
     texts = _texts()
     sae = train_sae(model, tok, texts, "resid_post.1", 64, k=8, batch_size=64, buffer_tokens=128,
                     model_fingerprint="abc")
-    assert sae.provenance.site == "resid_post.1" and sae.provenance.model_fingerprint == "abc"
+    assert sae.provenance.where == Where("resid_post", (1,)) and sae.provenance.model_fingerprint == "abc"
+    assert sae.site == Site("resid_post", 1) and sae.provenance.units == "fraction"
     assert sae.tokens == 40 * 11  # first token of each text skipped
     held_out = _texts(10, seed=1)
-    result = evaluate_sae(sae, model, tok, held_out)
+    with pytest.warns(FingerprintWarning, match="fitted on model abc"):  # "abc" is not this model
+        result = evaluate_sae(sae, model, tok, held_out)
     acts = collect(model, tok, held_out, "resid_post.1", skip_first=True)["resid_post.1"]
     z = sae.encode(acts)
     assert result.l0 == pytest.approx(l0(z)) and result.l0 <= 8
@@ -94,7 +96,7 @@ def test_splice_restores_the_model_and_save_load_round_trips(tmp_path):
     enc = tok(list(TEXTS[:2]), return_tensors="pt", padding=True)
     with torch.no_grad():
         before = model(**enc).logits
-        with sae.splice(model):
+        with sae.apply(model):
             during = model(**enc).logits
         after = model(**enc).logits
     assert torch.equal(before, after) and not torch.equal(before, during)
@@ -115,7 +117,7 @@ def test_latent_as_steering_direction_adds_its_typical_contribution():
     assert direction.typical == pytest.approx(float(sae.latent_mean[latent] * row.norm()), rel=1e-5)
     enc = tok(list(TEXTS[:2]), return_tensors="pt", padding=True)
     with torch.no_grad():
-        with sae.steer(model, latent, strength=3.0):
+        with sae.apply(model, strength=3.0, mode="steer", latent=latent):
             steered = model(**enc).logits
         with add(model, "resid_pre.1", row / row.norm() * 3.0 * direction.typical):
             reference = model(**enc).logits

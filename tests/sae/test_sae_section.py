@@ -9,7 +9,8 @@ from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
 from almostlinear.sae.section import SaeSection
 
-SMALL = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40)
+SMALL = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40,
+               quick_mode=True)
 
 
 def _texts(n=32, seed=0):

@@ -8,16 +8,12 @@ from tiny_models import TEXTS, build_model, make_tokenizer
 
 from almostlinear.core import hooks
 from almostlinear.core.artifact import FingerprintWarning, load
-from almostlinear.core.errors import LayerError, NonFiniteError, ShapeError
+from almostlinear.core.errors import ArtifactError, LayerError, LeverError, NonFiniteError, ShapeError
+from almostlinear.core.lever import Baked, Lever
 from almostlinear.core.locate import locate
-from almostlinear.core.models import fingerprint
-from almostlinear.steering.ablation import (
-    DirectionalAblation,
-    ablate,
-    bake_ablation_,
-    baked_ablation,
-    orthonormal_basis,
-)
+from almostlinear.core.models import LoadedModel, fingerprint
+from almostlinear.steering.ablation import ABLATED_SITES, ablate, bake_ablation_, baked_ablation, orthonormal_basis
+from almostlinear.steering.artifact import DirectionalAblation
 from almostlinear.steering.cost import side_effects
 
 FAMILIES = ["llama", "gpt2", "gpt_neox"]
@@ -53,7 +49,7 @@ def test_baked_matches_hooked(family):
         before = _state(model)
         record = bake_ablation_(model, direction)
         baked = model(**inputs).logits
-        record.undo()
+        record.undo_()
         again = model(**inputs).logits
     mask = inputs["attention_mask"].bool()
     assert (hooked - plain)[mask].abs().max() > 1e-3  # the ablation does something
@@ -165,23 +161,113 @@ def test_artifact_round_trip_and_fingerprint(tmp_path):
     art = DirectionalAblation.from_direction(_direction(), model_fingerprint=fingerprint(model),
                                             method="mean_diff", site="resid_pre.1")
     back = load(art.save(tmp_path / "abl.safetensors"))
-    assert isinstance(back, DirectionalAblation)
+    assert isinstance(back, DirectionalAblation) and isinstance(back, Lever)
+    assert back.kind == "steering.ablation" and back.strength_units == ("fraction",)
     assert torch.equal(back.directions, art.directions) and back.layers == ()
-    assert back.provenance.extra["operation"] == "directional-ablation"
+    assert back.provenance == art.provenance and back.provenance.units == "fraction"
+    assert (back.provenance.site, back.provenance.layer) == ("resid_pre", 1)  # where the direction was read
+    assert back.provenance.extra == {"ablated_sites": ["resid_pre", "attn_out", "mlp_out"]}
+    before = _state(model)
     with torch.no_grad():
-        with back.apply(model):
+        with back.apply(model) as module:
+            assert module is model
             hooked = model(**inputs).logits
         record = back.bake_(model)
         baked = model(**inputs).logits
-        record.undo()
+        record.undo_()
+    assert _same(model, before)
     mask = inputs["attention_mask"].bool()
     torch.testing.assert_close(baked[mask], hooked[mask], rtol=1e-4, atol=1e-4)
     other = build_model("gpt_neox", seed=1)
     with pytest.warns(FingerprintWarning):
         with back.apply(other):
             pass
-    with pytest.raises(ShapeError):
+    with pytest.raises(ArtifactError):
+        with back.apply(other, strict=True):
+            pass
+    with pytest.raises(LeverError, match="all-layer"):
         DirectionalAblation.from_direction(_direction(), layers=[0]).bake_(model)
+    assert _same(model, before)
+
+
+def test_strength_is_the_fraction_removed():
+    model, tok = build_model("llama").eval(), make_tokenizer()
+    inputs = _inputs(tok)
+    unit = _direction() / _direction().norm()
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with ablate(model, unit, strength=0.0):
+            assert torch.equal(model(**inputs).logits, plain)
+        with hooks.record(model, ["resid_pre.1"]) as rec:
+            model(**inputs)
+        for fraction in (0.5, 1.0):
+            with ablate(model, unit, strength=fraction, layers=[1]):
+                with hooks.record(model, ["resid_pre.1"]) as ablated:
+                    model(**inputs)
+            # the block's input keeps 1 - s of its component along the direction, and nothing else moves
+            expected = rec["resid_pre.1"] - fraction * (rec["resid_pre.1"] @ unit)[:, None] * unit
+            torch.testing.assert_close(ablated["resid_pre.1"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_baked_fraction_scales_each_writers_component():
+    model = build_model("gpt2").eval()
+    unit = (_direction() / _direction().norm()).double()
+    before = _state(model)
+    writers = ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.1.mlp.c_proj.bias"]
+    record = DirectionalAblation.from_direction(unit).bake_(model, 0.5)
+    after = model.state_dict()
+    for name in writers:
+        torch.testing.assert_close((after[name].double() @ unit), 0.5 * (before[name].double() @ unit),
+                                   rtol=1e-5, atol=1e-6)
+    # a Conv1D writes x @ W: its output component along the direction is W @ unit
+    name = "transformer.h.0.attn.c_proj.weight"
+    torch.testing.assert_close(after[name].double() @ unit, 0.5 * (before[name].double() @ unit), rtol=1e-5,
+                               atol=1e-6)
+    record.undo_()
+    assert _same(model, before)
+    zero = DirectionalAblation.from_direction(unit).bake_(model, 0.0)
+    assert _same(model, before)
+    zero.undo_()
+
+
+def test_bake_undone_through_a_file_and_a_loaded_model(tmp_path):
+    model, tok = build_model("llama").eval(), make_tokenizer()
+    loaded = LoadedModel(model, tok, "tiny-llama", "memory", "causal-lm")
+    inputs = _inputs(tok)
+    art = DirectionalAblation.from_direction(_direction(), model_fingerprint=fingerprint(model))
+    before = _state(model)
+    with torch.no_grad():
+        with art.apply(loaded) as module:
+            assert module is model
+            hooked = model(**inputs).logits
+        record = art.bake_(loaded)
+        assert isinstance(record, Baked) and record.on_undo is None  # the tiny Llama's head is not tied
+        baked = model(**inputs).logits
+    mask = inputs["attention_mask"].bool()
+    torch.testing.assert_close(baked[mask], hooked[mask], rtol=1e-4, atol=1e-4)
+    Baked.load(record.save(tmp_path / "baked.safetensors")).undo_(model)
+    assert _same(model, before)
+
+
+def _gemma2():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from tiny_models import D_MLP, D_MODEL, N_LAYERS, VOCAB
+
+    return Gemma2ForCausalLM(Gemma2Config(hidden_size=D_MODEL, intermediate_size=D_MLP, num_hidden_layers=N_LAYERS,
+                                          num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                                          vocab_size=VOCAB, max_position_embeddings=64)).eval()
+
+
+@pytest.mark.parametrize("make", [lambda: build_model("bert"), _gemma2], ids=["bert", "gemma2"])
+def test_bake_refuses_post_norm_blocks_before_any_change(make):
+    model = make()
+    before = _state(model)
+    with pytest.raises(LeverError, match="post-norm"):
+        bake_ablation_(model, _direction())
+    assert _same(model, before)
+    with ablate(model, _direction()):  # the hooked form works there
+        pass
 
 
 def test_side_effects_of_ablation_are_reported():
@@ -211,3 +297,19 @@ def test_smollm2_baked_matches_hooked(smollm2):
     assert (hooked - plain)[mask].abs().max() > 1e-2
     assert torch.equal(again, plain)
     assert model.get_output_embeddings().weight.data_ptr() == before_ptr
+
+
+def test_a_file_of_format_1_loads_in_todays_shape(tmp_path):
+    from almostlinear.core.artifact import write_file
+
+    basis = orthonormal_basis(_direction()).float()
+    header = {"kind": "directional-ablation", "format_version": 1, "fields": {"layers": [1]},
+              "provenance": {"site": "resid_pre.1", "method": "mean_diff",
+                             "units": "unit directions in the residual stream",
+                             "extra": {"operation": "directional-ablation",
+                                       "ablated_sites": ["resid_pre", "attn_out", "mlp_out"]},
+                             "library_version": "0.1.0"}}
+    back = load(write_file(tmp_path / "old.safetensors", {"directions": basis}, header))
+    assert isinstance(back, DirectionalAblation) and back.layers == (1,) and torch.equal(back.directions, basis)
+    assert back.provenance.units == "fraction" and back.provenance.extra == {"ablated_sites": list(ABLATED_SITES)}
+    assert (back.provenance.site, back.provenance.layer) == ("resid_pre", 1)

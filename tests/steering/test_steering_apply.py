@@ -7,9 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from almostlinear.core.artifact import FingerprintWarning, load
-from almostlinear.core.errors import LayerError, NonFiniteError, ShapeError
+from almostlinear.core.artifact import FingerprintWarning, Where, load
+from almostlinear.core.errors import ArtifactError, ChoiceError, LayerError, LeverError, NonFiniteError, ShapeError
 from almostlinear.core.hooks import record
+from almostlinear.core.lever import Baked, Lever
+from almostlinear.core.models import LoadedModel
 from almostlinear.steering import SteeringVector, applied, fit_steering, generate_steered
 from tiny_models import TEXTS, build_model, make_tokenizer
 
@@ -24,6 +26,11 @@ def llama_and_vector():
 
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(model, state):
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
 
 
 def _hook_count(model):
@@ -44,6 +51,18 @@ def test_adds_strength_times_the_residual_norm(llama_and_vector):
     assert torch.equal(change[~mask], torch.zeros_like(change[~mask]))  # padding untouched
     diff_units = vector.added(2.0, units="diff")
     assert float(diff_units.norm()) == pytest.approx(2 * vector.norms["diff_norm"], rel=1e-5)
+    assert torch.equal(vector.added(2.0, units="raw"), 2.0 * vector.direction)
+    with pytest.raises(ChoiceError, match="strength unit"):
+        vector.added(1.0, units="fraction")
+
+
+def test_is_a_lever_with_its_units_stored(llama_and_vector):
+    _, _, vector = llama_and_vector
+    assert isinstance(vector, Lever) and vector.kind == "steering.vector" and vector.bakes
+    assert vector.strength_units == ("residual", "diff", "raw") and vector.provenance.units == "residual"
+    assert vector.provenance.where == Where("resid_post", (1,), "all")
+    assert (vector.site, vector.layer, vector.positions, vector.provenance.method) == ("resid_post", 1, "all",
+                                                                                       "mean_diff")
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen2", "gemma"])
@@ -52,7 +71,8 @@ def test_exit_restores_bit_for_bit_also_after_an_exception(family):
     vector = fit_steering(model, tok, PAIRS, layer=0)
     ids = tok(["the cat is on the road"], return_tensors="pt")
     before, logits, hooks = _state(model), model(**ids).logits, _hook_count(model)
-    with vector.apply(model, 1.0):
+    with vector.apply(model, 1.0) as module:
+        assert module is model
         assert not torch.equal(model(**ids).logits, logits)
     with pytest.raises(RuntimeError, match="boom"):
         with vector.apply(model, 3.0):
@@ -76,10 +96,10 @@ def test_save_load_round_trip(tmp_path_factory, d, layer, site, positions, seed)
     back = load(path)
     assert isinstance(back, SteeringVector)
     assert torch.equal(back.direction, vector.direction)
-    assert (back.site, back.layer, back.method, back.positions, back.norms, back.operation) == \
-        (vector.site, vector.layer, vector.method, vector.positions, vector.norms, "add")
+    assert (back.site, back.layer, back.positions, back.norms) == (site, layer, positions, vector.norms)
     assert back.provenance == vector.provenance
-    assert back.provenance.extra["operation"] == "add"
+    assert back.provenance.method == "pca" and back.provenance.units == "residual"
+    assert back.provenance.extra == {}  # where, method and unit are stored once, not copied into extra
 
 
 def test_another_model_warns(llama_and_vector):
@@ -88,10 +108,36 @@ def test_another_model_warns(llama_and_vector):
     with pytest.warns(FingerprintWarning):
         with vector.apply(other, 1.0):
             other(**tok(["a dog"], return_tensors="pt"))
+    with pytest.raises(ArtifactError, match="fitted on model"):
+        with vector.apply(other, 1.0, strict=True):
+            pass
+    with pytest.raises(ArtifactError):
+        vector.bake_(other, 1.0, strict=True)
+    assert _hook_count(other) == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with vector.apply(llama_and_vector[0], 1.0):
             pass
+
+
+def test_a_loaded_model_is_accepted(llama_and_vector):
+    model, tok, vector = llama_and_vector
+    loaded = LoadedModel(model, tok, "tiny-llama", "memory", "causal-lm")
+    ids = tok(["the cat is on the road"], return_tensors="pt")
+    with vector.apply(model, 0.7):
+        direct = model(**ids).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with vector.apply(loaded, 0.7) as module:
+            assert module is model
+            assert torch.equal(model(**ids).logits, direct)
+        before = _state(model)
+        baked = vector.bake_(loaded, 0.7)
+        assert torch.allclose(model(**ids).logits, direct, atol=1e-5)
+        baked.undo_()
+    assert _same(model, before)
+    side = vector.side_effects(loaded, list(TEXTS), 0.7)
+    assert side.kl > 0 and side == vector.side_effects(model, list(TEXTS), 0.7, tokenizer=tok)
 
 
 def test_bad_input(llama_and_vector):
@@ -109,9 +155,11 @@ def test_bad_input(llama_and_vector):
         with pytest.raises(NonFiniteError):
             with vector.apply(model, bad):
                 pass
-    with pytest.raises(ShapeError):
+    with pytest.raises(ChoiceError):
         with vector.apply(model, 1.0, positions="middle"):
             model(**tok(["a dog"], return_tensors="pt"))
+    with pytest.raises(ArtifactError, match="where"):
+        SteeringVector(torch.ones(4))
     with pytest.raises(ShapeError):
         SteeringVector.from_direction(torch.zeros(vector.d), layer=1, method="mean_diff")
     assert _hook_count(model) == 0
@@ -202,12 +250,47 @@ def test_baked_bias_equals_the_hook_and_restores(family, site):
         record_ = vector.bake_(model, 1.5)
         baked = model(**ids).logits
     mask = ids["attention_mask"].bool()
+    assert isinstance(record_, Baked)
     assert torch.allclose(baked[mask], hooked[mask], atol=1e-4)
-    record_.restore_()
-    after = _state(model)
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    with pytest.raises(ShapeError):
+    record_.undo_()
+    assert _same(model, before)
+    with pytest.raises(LeverError, match="only position policy 'all'"):
         fit_steering(model, tok, PAIRS, layer=1, positions="prompt").bake_(model, 1.0)
+    with pytest.raises(LeverError, match="block 0"):
+        SteeringVector.from_direction(vector.direction, site="resid_pre", layer=0, method="mean_diff",
+                                      norms=vector.norms).bake_(model, 1.0)
+    assert _same(model, before)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # a bias created by the bake, and one already there
+def test_bias_bake_undone_through_a_file_in_a_fresh_record(family, tmp_path):
+    model, tok = build_model(family), make_tokenizer()
+    vector = fit_steering(model, tok, PAIRS, layer=1)
+    before = _state(model)
+    baked = vector.bake_(model, 2.0)
+    (name,) = baked.names
+    assert name.endswith(".bias") and (baked.originals[name] is None) == (family == "llama")
+    path = baked.save(tmp_path / "baked.safetensors")
+    Baked.load(path).undo_(model)
+    assert _same(model, before)
+    with pytest.raises(LeverError):  # the bias is back as it was: the first record's hashes no longer match
+        baked.undo_()
+    again = vector.bake_(model, 2.0)  # and the model can be baked again, then undone in process
+    again.undo_()
+    assert _same(model, before)
+    with pytest.raises(LeverError, match="already undone"):
+        again.undo_()
+
+
+def test_zero_strength_changes_nothing_also_baked(llama_and_vector):
+    model, tok, vector = llama_and_vector
+    ids = tok(["the cat is on the road"], return_tensors="pt")
+    base = model(**ids).logits
+    with vector.apply(model, 0.0):
+        assert torch.equal(model(**ids).logits, base)
+    baked = vector.bake_(model, 0.0)  # a new zero bias: the same sums, up to the kernel's rounding
+    torch.testing.assert_close(model(**ids).logits, base, rtol=0, atol=1e-6)
+    baked.undo_()
 
 
 def _gemma2():
@@ -227,10 +310,9 @@ def test_bake_refuses_blocks_that_normalise_what_a_bias_would_add(make):
     vector = SteeringVector.from_direction(torch.ones(model.config.hidden_size), layer=1, method="mean_diff",
                                            norms={"residual_median": 1.0})
     before = _state(model)
-    with pytest.raises(ShapeError, match="post-norm"):
+    with pytest.raises(LeverError, match="post-norm"):
         vector.bake_(model, 1.0)
-    after = _state(model)
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert _same(model, before)
 
 
 def test_positions_without_a_mask_count_from_the_sequence_start():
@@ -268,11 +350,33 @@ def test_a_position_function_is_kept_and_not_silently_replaced_after_saving(llam
     assert changed[0].tolist() == [i == 1 for i in range(ids["input_ids"].shape[1])]
     back = load(vector.save(tmp_path / "v.safetensors"))
     assert back.positions == "callable:second_token"
-    with pytest.raises(ShapeError, match="second_token"):
+    assert back.provenance.where.positions == vector.provenance.where.positions == "callable:second_token"
+    with pytest.raises(LeverError, match="second_token"):
         with back.apply(model, 1.0):
             pass
-    with pytest.raises(ShapeError, match="only position policy 'all'"):
+    with pytest.raises(LeverError, match="only position policy 'all'"):
         vector.bake_(model, 1.0)
     with back.apply(model, 1.0, positions=second_token), record(model, "resid_post.1", keep_full=True) as again:
         model(**ids)
     assert torch.equal(again.full("resid_post.1")[0], steered.full("resid_post.1")[0])
+
+
+def test_a_file_of_format_1_loads_in_todays_shape(tmp_path):
+    """Format 1 stored site, layer, method, positions and operation as fields and again in provenance."""
+    from almostlinear.core.artifact import write_file
+
+    direction = torch.nn.functional.normalize(torch.randn(8, generator=torch.Generator().manual_seed(0)), dim=0)
+    header = {"kind": "steering-vector", "format_version": 1,
+              "fields": {"site": "resid_post", "layer": 2, "method": "mean_diff", "positions": ["last", 2],
+                         "operation": "add", "norms": {"residual_median": 3.0, "diff_norm": 1.5}},
+              "provenance": {"model_fingerprint": "sha256:x", "site": "resid_post", "layer": 2, "method": "mean_diff",
+                             "units": "strength 1 = the median residual norm at the site", "data_hash": "d",
+                             "extra": {"operation": "add", "positions": ["last", 2], "read": "last"},
+                             "library_version": "0.1.0"}}
+    path = write_file(tmp_path / "old.safetensors", {"direction": direction}, header)
+    vector = load(path)
+    assert isinstance(vector, SteeringVector)
+    assert (vector.site, vector.layer, vector.positions) == ("resid_post", 2, ("last", 2))
+    assert vector.provenance.where == Where("resid_post", (2,), "last:2")
+    assert vector.provenance.units == "residual" and vector.provenance.extra == {"read": "last"}
+    assert torch.equal(vector.added(2.0), direction * 6.0)

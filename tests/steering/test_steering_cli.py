@@ -54,13 +54,15 @@ def test_fit_then_generate_then_dose(folder, tmp_path, capsys):
 
 
 def test_bad_input_gives_exit_code_2(folder, tmp_path, capsys):
-    args = _parser().parse_args(["steer", "fit", "--model", str(folder), "--pairs", "nothing-here", "--layer", "0",
-                                 "--out", str(tmp_path / "v.safetensors")])
-    assert args.func(args) == 2
+    from almostlinear.cli import main
+
+    assert main(["steer", "fit", "--model", str(folder), "--pairs", "nothing-here", "--layer", "0",
+                 "--out", str(tmp_path / "v.safetensors")]) == 2
     assert "no pair set" in capsys.readouterr().err
-    args = _parser().parse_args(["steer", "fit", "--model", str(folder), "--pairs", "sentiment", "--layer", "5",
-                                 "--out", str(tmp_path / "v.safetensors")])
-    assert args.func(args) == 2
+    assert main(["steer", "fit", "--model", str(folder), "--pairs", "sentiment", "--layer", "5",
+                 "--out", str(tmp_path / "v.safetensors")]) == 2
+    assert main(["steer", "generate", "--model", str(folder), "--vector", str(tmp_path / "missing.safetensors")]) == 2
+    assert "no artifact file" in capsys.readouterr().err
 
 
 def test_pair_files(tmp_path):
@@ -82,13 +84,15 @@ def test_building_the_parser_imports_no_torch():
 
 
 def test_choices_match_what_the_library_accepts():
-    from almostlinear.steering import METHODS
+    from almostlinear.core.lever import UNITS as ALL_UNITS
+    from almostlinear.steering import METHODS, SteeringVector
+    from almostlinear.steering.choices import UNITS
     from almostlinear.steering.fit import READS
-    from almostlinear.steering.vector import UNITS
 
     parser = _parser()
     fit = parser.parse_args(["steer", "fit", "--layer", "0", "--out", "x", "--method", METHODS[-1], "--read",
                              READS[-1]])
     assert (fit.method, fit.read) == (METHODS[-1], READS[-1])
     assert parser.parse_args(["steer", "dose", "--vector", "v", "--units", UNITS[-1]]).units == UNITS[-1]
+    assert SteeringVector.strength_units == UNITS and set(UNITS) <= set(ALL_UNITS)
     assert {name: len(read_pairs_file(name)) > 0 for name in PAIR_SETS} == dict.fromkeys(PAIR_SETS, True)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from tiny_models import TEXTS, build_model, make_tokenizer
 
 from almostlinear.core import hooks
-from almostlinear.core.errors import EmptyDataError, NonFiniteError
+from almostlinear.core.errors import EmptyDataError, NonFiniteError, ShapeError
+from almostlinear.core.models import LoadedModel
 from almostlinear.steering.cost import SideEffects, side_effects
 
 
@@ -97,6 +98,19 @@ def test_bad_input():
 
     with pytest.raises(NonFiniteError):
         side_effects(model, tok, TEXTS, poison)
+    with pytest.raises(ShapeError, match="batch_size"):
+        side_effects(model, tok, TEXTS, None, batch_size=0)
+    from almostlinear.steering.cost import side_effects_many
+
+    with pytest.raises(EmptyDataError, match="no interventions"):
+        side_effects_many(model, tok, TEXTS, {})
+
+
+def test_a_loaded_model_brings_its_tokenizer():
+    model, tok = build_model("llama"), make_tokenizer()
+    loaded = LoadedModel(model, tok, "tiny-llama", "memory", "causal-lm")
+    shift = lambda: hooks.add(model, "resid_post.0", torch.ones(32))  # noqa: E731
+    assert side_effects(loaded, None, TEXTS, shift) == side_effects(model, tok, TEXTS, shift)
 
 
 def test_many_interventions_share_the_base_pass():

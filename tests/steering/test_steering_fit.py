@@ -9,7 +9,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from almostlinear.core.errors import EmptyDataError, LayerError, ShapeError
+from almostlinear.core.errors import ChoiceError, EmptyDataError, LayerError, ShapeError
 from almostlinear.steering import extract, fit_steering, fit_steering_layers
 from tiny_models import TEXTS, build_model, make_tokenizer
 
@@ -99,8 +99,10 @@ def test_bad_pair_tensors():
         extract(pos, neg[:, :3])
     with pytest.raises(EmptyDataError):
         extract(pos[:1], neg[:1], "pca")
-    with pytest.raises(ShapeError, match="unknown method"):
+    with pytest.raises(ChoiceError, match="unknown method"):
         extract(pos, neg, "svm")
+    with pytest.raises(ChoiceError, match="unknown solver"):
+        extract(pos, neg, "pca", solver="qr")
     with pytest.raises(ValueError, match="NaN"):
         extract(pos * float("nan"), neg)
 

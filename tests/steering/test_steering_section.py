@@ -2,14 +2,14 @@
 
 import pytest
 
-from almostlinear.core.section import AuditContext, Budget
+from almostlinear.core.section import AuditContext, Budget, Need
 from almostlinear.audit.plan import run_sections
 from almostlinear.core.models import LoadedModel
-from almostlinear.steering.section import CAA_R2, SteeringSection
+from almostlinear.steering.section import CAA_R2, QUICK_STRENGTHS, STRENGTHS, SteeringSection
 from tiny_models import TEXTS, build_model, make_tokenizer
 
 BUDGET = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=60, fact_candidates=40,
-                batch_size=8)
+                batch_size=8, quick_mode=True)
 PAIRS = [(TEXTS[0], TEXTS[3]), (TEXTS[1], TEXTS[5]), (TEXTS[2], TEXTS[4]), ("the red cat", "the big king")]
 PROMPTS = ["the cat is", "a dog", "the old king", "Paris is the", "one two", "Rome is in"]
 
@@ -26,6 +26,17 @@ def test_section_on_a_tiny_model():
     kls = [m for m in result.metrics if m.name == "steering_kl"]
     assert len(kls) == 4 and all(m.value >= 0 and m.source == "arXiv 2406.11717" for m in kls)
     assert {f.id for f in result.figures} == {"steering_dose_response", "steering_side_effects"}
+
+
+def test_quick_flag_sizes_the_run_and_the_source_is_asked_for_by_name():
+    loaded = LoadedModel(build_model("llama"), make_tokenizer(), "tiny-llama", "memory", "causal-lm")
+    for quick, strengths in ((True, QUICK_STRENGTHS), (False, STRENGTHS)):
+        budget = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=60, fact_candidates=40,
+                        quick_mode=quick)
+        ctx = AuditContext(loaded, budget, progress=lambda _: None, sources={"neutral": list(TEXTS)})
+        section = SteeringSection(PAIRS, PROMPTS)
+        assert section.needs(ctx) == [Need("neutral")]  # no activations: the section runs its own passes
+        assert section.plan["strengths"] == strengths
 
 
 def test_caa_reference_linearity():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from almostlinear.core.artifact import load
+from almostlinear.core.artifact import Where, load
 from almostlinear.core.errors import EmptyDataError, ShapeError
 from almostlinear.translate import (
     LinearMap,
@@ -26,14 +26,18 @@ def _pair(seed=0, n=200, dx=12, dy=8):
 def test_save_load_round_trip(tmp_path):
     x, y = _pair()
     fitted = LinearMap.fit(x, y, "low_rank", rank=3, source="a.resid_post.3", target="b.resid_post.5",
-                             model_fingerprint="abc")
+                           model_fingerprint="abc")
     path = fitted.save(tmp_path / "map.safetensors")
     again = load(path)
-    assert isinstance(again, LinearMap) and again.kind == "linear-map"
+    assert isinstance(again, LinearMap) and again.kind == "translate.linear_map"
     assert torch.equal(again.weight, fitted.weight) and torch.equal(again.train_rows, fitted.train_rows)
     assert (again.method, again.rank, again.source, again.target) == ("low_rank", 3, "a.resid_post.3", "b.resid_post.5")
-    assert again.provenance.model_fingerprint == "abc"
-    assert torch.allclose(again(x[:5]), fitted(x[:5]))
+    assert again.provenance.model_fingerprint == "abc" and again.provenance.units is None
+    assert again.provenance.where is None  # "a.resid_post.3" names a model's site, not a site alone
+    assert torch.equal(again.transform(x[:5]), fitted.transform(x[:5])) and torch.equal(again(x[:5]), again.transform(x[:5]))
+    assert not hasattr(fitted, "apply")  # it maps rows, not a model
+    at_site = LinearMap.fit(x, y, source="resid_post.3", target="resid_post.5")
+    assert at_site.provenance.where == Where("resid_post", (3,))
 
 
 def test_held_out_score_refuses_training_rows():
@@ -42,7 +46,7 @@ def test_held_out_score_refuses_training_rows():
     with pytest.raises(TrainingRowsError, match="used to fit"):
         fitted.score(x[140:], y[140:])
     scores = fitted.score(x[150:], y[150:])
-    pred = fitted(x[150:]).double()
+    pred = fitted.transform(x[150:]).double()
     assert scores.r2 == pytest.approx(r2_score(pred, y[150:].double()), abs=1e-6)
     assert scores.r2 < fitted.train_r2
 
@@ -75,7 +79,7 @@ def test_direction_and_probe_through_the_map_match_direct_computation():
     fitted = LinearMap.fit(x, y)
     a, b = x[0], x[1]
     v = b - a
-    assert torch.allclose(transfer_vector(fitted, v), fitted(b) - fitted(a), atol=1e-5)  # the bias cancels
+    assert torch.allclose(transfer_vector(fitted, v), fitted.transform(b) - fitted.transform(a), atol=1e-5)  # no bias
     w, c = torch.randn(8), 0.7
     w_src, c_src = transfer_probe(fitted, w, c)
-    assert torch.allclose(x @ w_src + c_src, fitted(x) @ w + c, atol=1e-4)  # the adjoint
+    assert torch.allclose(x @ w_src + c_src, fitted.transform(x) @ w + c, atol=1e-4)  # the adjoint

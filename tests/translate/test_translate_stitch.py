@@ -61,6 +61,7 @@ def test_stitching_across_layers_reports_all_baselines_and_checks_widths():
     tokenizer, model = make_tokenizer(), build_model("qwen2")
     net = Network.of(model, tokenizer)
     mapping, mean = fit_stitch(net, net, list(TEXTS) * 2, "resid_post.0", "resid_post.1")
+    assert str(mapping.provenance.where) == "resid_post.0" and mapping.target == "resid_post.1"
     result = stitched_loss(net, net, list(TEXTS), "resid_post.0", "resid_post.1", mapping, target_mean=mean)
     assert result.tokens > 0 and result.identity is not None
     assert all(v == v for v in (result.target, result.stitched, result.mean_ablation))

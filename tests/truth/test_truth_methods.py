@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.decomposition import PCA
 
-from almostlinear.core.artifact import load
+from almostlinear.core.artifact import Where, load
 from almostlinear.core.errors import ArtifactError, EmptyDataError, NonFiniteError, ShapeError
 from almostlinear.truth import (
     PairNormaliser,
@@ -108,6 +108,8 @@ def test_truth_direction_round_trips_through_a_file(tmp_path):
     assert isinstance(loaded, TruthDirection)
     assert torch.equal(loaded.direction, direction.direction) and torch.equal(loaded.bias, direction.bias)
     assert (loaded.layer, loaded.site, loaded.method, loaded.oriented) == (3, "resid_post", "contrast_pca", False)
+    assert loaded.kind == "truth.direction" and loaded.provenance.where == Where("resid_post", (3,))
+    assert loaded.provenance.units is None and not hasattr(loaded, "apply")  # it only reads
     assert loaded.score(data.x_pos, data.x_neg, data.truth) == direction.score(data.x_pos, data.x_neg, data.truth)
     assert isinstance(load(path), TruthDirection)
 
@@ -116,7 +118,7 @@ def test_loading_another_kind_as_a_truth_direction_fails(tmp_path):
     from almostlinear.probes import LinearProbe
 
     path = LinearProbe(torch.ones(3), torch.tensor(0.0)).save(tmp_path / "probe.safetensors")
-    with pytest.raises(ArtifactError, match="not a 'truth-direction'"):
+    with pytest.raises(ArtifactError, match="not a 'truth.direction'"):
         TruthDirection.load(path)
 
 
@@ -143,7 +145,7 @@ def test_bad_input_is_refused_with_clear_errors():
     with pytest.raises(ShapeError, match="normaliser fitted on 1 layers"):
         fit.decision(torch.stack([data.x_pos] * 2), torch.stack([data.x_neg] * 2))
     with pytest.raises(ShapeError):
-        TruthDirection(torch.ones(3), torch.ones(4), torch.tensor(0.0), 0, "resid_post", "ccs", False)
+        TruthDirection(torch.ones(3), torch.ones(4), torch.tensor(0.0), "ccs", False)
 
 
 def test_normaliser_centres_each_side_and_scales_to_unit_average_spread():

@@ -10,20 +10,22 @@ vector rescales the columns), LoRA biases, and embedding LoRA.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..core.errors import AlmostLinearError, ArtifactError, ShapeError, finite_scale
+from ..core.errors import AlmostLinearError, ArtifactError, ShapeError
+from ..core.lever import Baked, as_model, bake_weights, check_strength, temporarily_changed
 
 Tensor = torch.Tensor
 CONFIG_NAME = "adapter_config.json"
@@ -67,7 +69,19 @@ class LoraFactors:
 
 @dataclass(frozen=True)
 class LoraAdapter:
-    """Factors per module (names relative to the base model, e.g. ``model.layers.0.self_attn.q_proj``)."""
+    """Factors per module (names relative to the base model, e.g. ``model.layers.0.self_attn.q_proj``).
+
+    A lever (:mod:`almostlinear.core.lever`) whose strength multiplies ΔW (units ``"raw"``):
+    ``with adapter.apply(model, strength=1.0):`` adds it and restores the weights bit for bit on
+    exit; ``adapter.bake_(model)`` merges it and returns the record whose ``undo_()`` restores them.
+    It is stored as a PEFT adapter folder (:func:`read_peft`, :func:`write_peft`), not as an
+    almostlinear artifact file, so that PEFT and the hub read it as they are; the folder records no
+    model fingerprint, so only the shapes of the targeted weights are checked.
+    """
+
+    kind: ClassVar[str] = "adapters.lora"
+    strength_units: ClassVar[tuple[str, ...]] = ("raw",)
+    bakes: ClassVar[bool] = True
 
     modules: Mapping[str, LoraFactors]
     config: Mapping = field(default_factory=dict)
@@ -93,30 +107,30 @@ class LoraAdapter:
             found[name] = w
         return found
 
-    @contextlib.contextmanager
-    def apply(self, model: torch.nn.Module, scale: float = 1.0) -> Iterator[torch.nn.Module]:
-        """W + scale·ΔW inside the block; the original weights are copied back on exit, bit for bit."""
-        weights = self._weights(model)
-        saved = {k: w.detach().clone() for k, w in weights.items()}
-        try:
-            self._add_(weights, scale)
-            yield model
-        finally:
-            with torch.no_grad():
-                for k, w in weights.items():
-                    w.copy_(saved[k])
+    def _prepare(self, model: Any, strength: float):
+        """Every check first (strength, modules, shapes); then the parameter names and the change."""
+        strength = check_strength(strength, self.strength_units[0])
+        view = as_model(model)
+        weights = self._weights(view.module)
+        return view, [f"{name}.weight" for name in weights], lambda: self._add_(weights, strength)
 
-    def bake_(self, model: torch.nn.Module, scale: float = 1.0) -> torch.nn.Module:
-        """Merge W ← W + scale·ΔW into the model for good."""
-        self._add_(self._weights(model), scale)
-        return model
+    def apply(self, model: Any, strength: float = 1.0) -> AbstractContextManager[torch.nn.Module]:
+        """W + strength·ΔW inside the block; the original weights are copied back on exit, bit for bit."""
+        view, names, change = self._prepare(model, strength)
+        return temporarily_changed(view, names, change)
 
-    def _add_(self, weights: Mapping[str, Tensor], scale: float) -> None:
-        scale = finite_scale(scale)
+    def bake_(self, model: Any, strength: float = 1.0) -> Baked:
+        """Merge W ← W + strength·ΔW into the model; the returned record's ``undo_()`` restores W exactly."""
+        view, names, change = self._prepare(model, strength)
+        return bake_weights(view, names, change, kind=self.kind)
+
+    def _add_(self, weights: Mapping[str, Tensor], strength: float) -> None:
+        if strength == 0.0:
+            return
         with torch.no_grad():
             for k, w in weights.items():
                 d = self.modules[k].weight_delta()
-                w.copy_((w.double() + scale * d).to(w.dtype))
+                w.copy_((w.double() + strength * d).to(w.dtype))
 
 
 def _pattern_value(patterns: Mapping[str, float], module: str, default: float) -> float:

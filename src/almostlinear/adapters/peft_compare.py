@@ -5,15 +5,15 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-
-import torch
+from typing import Any
 
 from ..core.errors import MissingDependencyError
+from ..core.lever import as_model
 from .combine import relative_error
 from .lora import LoraAdapter, LoraFactors, read_peft
 
 
-def peft_combination(model: torch.nn.Module, folders: Sequence[str | os.PathLike], weights: Sequence[float], *,
+def peft_combination(model: Any, folders: Sequence[str | os.PathLike], weights: Sequence[float], *,
                      combination_type: str = "linear", **kwargs) -> LoraAdapter:
     """Load the adapter folders into a copy of ``model`` with PEFT, combine them with
     ``add_weighted_adapter(combination_type=...)`` and return the result as factors."""
@@ -22,7 +22,8 @@ def peft_combination(model: torch.nn.Module, folders: Sequence[str | os.PathLike
     except ImportError as error:  # pragma: no cover
         raise MissingDependencyError("comparing with PEFT needs the 'peft' package: pip install peft") from error
     names = [f"a{i}" for i in range(len(folders))]
-    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(folders[0]), adapter_name=names[0])
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(as_model(model).module), str(folders[0]),
+                                           adapter_name=names[0])
     for name, folder in zip(names[1:], folders[1:]):
         peft_model.load_adapter(str(folder), adapter_name=name)
     peft_model.add_weighted_adapter(names, list(weights), "combined", combination_type=combination_type, **kwargs)
@@ -37,7 +38,7 @@ def peft_combination(model: torch.nn.Module, folders: Sequence[str | os.PathLike
     return LoraAdapter(modules, {})
 
 
-def peft_error(model: torch.nn.Module, folders: Sequence[str | os.PathLike], weights: Sequence[float], *,
+def peft_error(model: Any, folders: Sequence[str | os.PathLike], weights: Sequence[float], *,
                combination_type: str = "linear", **kwargs) -> dict[str, float]:
     """Relative Frobenius error of PEFT's combination against Σ wᵢ ΔWᵢ (per module and ``"total"``)."""
     combined = peft_combination(model, folders, weights, combination_type=combination_type, **kwargs)

@@ -1,7 +1,13 @@
 """Weight averaging along a training run: SWA, EMA, checkpoint averages and batch-norm recomputation."""
 
-from __future__ import annotations
+from typing import TYPE_CHECKING
 
-from .average import WeightAverage, average_checkpoints, update_bn
+from ..core.lazy import lazy_exports
 
-__all__ = ["WeightAverage", "average_checkpoints", "update_bn"]
+# Names resolve on first use, so importing the package costs nothing until one is needed.
+_PUBLIC = {"average": ("WeightAverage", "average_checkpoints", "update_bn")}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)
+
+
+if TYPE_CHECKING:
+    from .average import WeightAverage, average_checkpoints, update_bn

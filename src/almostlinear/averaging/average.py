@@ -20,16 +20,17 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.errors import AlmostLinearError, EmptyDataError, ShapeError, check_choice
 
 MODES = ("swa", "ema")
+BUFFERS = ("copy", "average")
 
 
 def _check_mode(mode: str, decay: float) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_choice(mode, MODES, "averaging mode")
     if mode == "ema" and not 0.0 <= decay < 1.0:
-        raise ValueError(f"an EMA decay must lie in [0, 1), got {decay}")
+        raise AlmostLinearError(f"an EMA decay must lie in [0, 1), got {decay}: use e.g. 0.999 (the weight of the "
+                                "average so far)")
 
 
 class WeightAverage:
@@ -37,8 +38,7 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, mode: str = "swa", *, decay: float = 0.999, buffers: str = "copy") -> None:
         _check_mode(mode, decay)
-        if buffers not in ("copy", "average"):
-            raise ValueError(f"buffers must be 'copy' or 'average', got {buffers!r}")
+        check_choice(buffers, BUFFERS, "buffer handling")
         self.mode, self.decay, self.buffers = mode, decay, buffers
         self.module = copy.deepcopy(model)
         for p in self.module.parameters():

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..core.errors import AlmostLinearError, EmptyDataError, LeverError
+
+# ``behaviour(module, tokenizer, prompts)``: one score per prompt (a tensor [n]), as in steering.behaviour
+Behaviour = Callable[[Any, Any, Sequence[str]], Any]
 
 
 def is_lever(value: Any) -> bool:

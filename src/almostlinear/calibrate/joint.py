@@ -21,17 +21,15 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..core.errors import EmptyDataError, LeverError, NonFiniteError, ShapeError
-from ._levers import finite_or_none, labelled, module_and_tokenizer, units_of
+from ._levers import Behaviour, finite_or_none, labelled, module_and_tokenizer, units_of
 from .footprint import Overlap, footprints_of, overlaps
-
-Behaviour = Callable[[torch.nn.Module, Any, Sequence[str]], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,14 @@ they are not inflated by the search. The KL budget of 0.1 nats follows the filte
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..core.errors import AlmostLinearError, EmptyDataError, LeverError, NonFiniteError, ShapeError, check_choice
-from ._levers import check_held_out, labelled, module_and_tokenizer, units_of
-
-Behaviour = Callable[[torch.nn.Module, Any, Sequence[str]], torch.Tensor]
+from ._levers import Behaviour, check_held_out, labelled, module_and_tokenizer, units_of
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,8 @@ def choose_strength(candidates, model, tokenizer, neutral: Sequence[str], *, str
 
     ``candidates`` is one lever or a mapping label -> lever (e.g. one per layer); each is applied as
     ``lever.apply(model, strength=s, **options)`` for every ``s`` in ``strengths``, which are in the
-    lever's own unit (``provenance.units``, else its first ``strength_units``). ``behaviour(module,
+    lever's own unit (``provenance.units``, else its first ``strength_units``); ``options`` go to every
+    ``apply`` (e.g. a steering vector's ``units`` or ``positions``). ``behaviour(module,
     tokenizer, prompts)`` returns one score per prompt; ``sign=-1`` asks for the score to fall.
     ``held_out`` is the share of ``neutral`` (and of ``prompts``) kept for the final numbers, split
     reproducibly by ``seed``.
@@ -197,7 +196,8 @@ def choose_strength(candidates, model, tokenizer, neutral: Sequence[str], *, str
     test_effect = None
     if behaviour is not None:
         test_effect = effect_of(lever, s, prompt_test, behaviour(module, tokenizer, prompt_test))
-    return StrengthChoice(best["label"], s, units[best["label"]], budget, best["effect"], best["kl"], test_effect,
+    unit = options.get("units") or units[best["label"]]  # a lever that takes units= may be told another
+    return StrengthChoice(best["label"], s, unit, budget, best["effect"], best["kl"], test_effect,
                           test_side.kl, test_side.delta_ce, tuple(grid), lever=lever, **counts)
 
 

@@ -6,29 +6,32 @@
   hidden-unit permutation moves, derived from the model (MLPs, CNNs, decoder transformers with
   residual stream, heads, grouped-query groups, RoPE constraints, norms);
 * :func:`weight_matching`, :func:`activation_matching` - Git Re-Basin alignment (arXiv 2209.04836),
-  returning a :class:`Permutation` artifact that applies reversibly or with ``bake_``;
+  returning a :class:`Permutation`, a lever: ``with perm.apply(model):`` permutes and restores,
+  ``perm.bake_(model)`` returns the record whose ``undo_()`` restores exactly;
 * :func:`repair_` - REPAIR renormalisation of interpolated networks (arXiv 2211.08403).
 """
 
-from __future__ import annotations
+from typing import TYPE_CHECKING
 
-from .interpolate import InterpolationCurve, interpolate, interpolated, lerp_state, model_state
-from .matching import activation_matching, weight_matching
-from .permutation import Permutation
-from .repair import hidden_layers, repair_
-from .spec import (
-    AxisPerm,
-    PermutationSpec,
-    check_spec,
-    feedforward_spec,
-    permutation_spec,
-    permute_state_dict,
-    random_perms,
-    transformer_spec,
-)
+from ..core.lazy import lazy_exports
 
-__all__ = [
-    "AxisPerm", "InterpolationCurve", "Permutation", "PermutationSpec", "activation_matching", "check_spec",
-    "feedforward_spec", "hidden_layers", "interpolate", "interpolated", "lerp_state", "model_state",
-    "permutation_spec", "permute_state_dict", "random_perms", "repair_", "transformer_spec", "weight_matching",
-]
+# Names resolve on first use: building the command-line parser imports this package to reach its
+# cli module, and should not pay for torch.
+_PUBLIC = {
+    "artifact": ("Permutation", "check_spec"),
+    "line": ("InterpolationCurve", "interpolate", "interpolated", "lerp_state", "model_state"),
+    "matching": ("activation_matching", "weight_matching"),
+    "repair": ("hidden_layers", "repair_"),
+    "spec": ("AxisPerm", "PermutationSpec", "feedforward_spec", "permutation_spec", "permute_state_dict",
+             "random_perms", "transformer_spec"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)
+
+
+if TYPE_CHECKING:
+    from .artifact import Permutation, check_spec
+    from .line import InterpolationCurve, interpolate, interpolated, lerp_state, model_state
+    from .matching import activation_matching, weight_matching
+    from .repair import hidden_layers, repair_
+    from .spec import (AxisPerm, PermutationSpec, feedforward_spec, permutation_spec, permute_state_dict,
+                       random_perms, transformer_spec)

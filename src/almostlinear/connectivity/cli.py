@@ -9,9 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
+from ..clitools import load_model, say
 
 
 def interpolate_command(a: str, b: str | None = None, *, noise: float = 0.02, alphas: int = 11,
@@ -25,14 +23,13 @@ def interpolate_command(a: str, b: str | None = None, *, noise: float = 0.02, al
     import torch
 
     from .. import data
-    from ..core.models import load
-    from .interpolate import interpolate, model_state
+    from .line import interpolate, model_state
     from .section import _cross_entropy
 
     stream = stream or sys.stdout
-    left = load(a, progress=_say)
+    left = load_model(a)
     if b is not None:
-        right = model_state(load(b, progress=_say).model)
+        right = model_state(load_model(b).model)
         label = b
     else:
         generator = torch.Generator().manual_seed(seed)
@@ -68,7 +65,7 @@ def rebasin_command(widths: Sequence[int] = (64,), seeds: Sequence[int] = (100, 
     print(f"{'width':>6} {'naive':>7} {'WM':>7} {'AM':>7} {'WM+REPAIR':>10}   (error barrier, accuracy points)",
           file=stream)
     for width in widths:
-        _say(f"width {width}: training (or reading cached) networks, seeds {seeds[0]} and {seeds[1]}")
+        say(f"width {width}: training (or reading cached) networks, seeds {seeds[0]} and {seeds[1]}")
         r = rebasin(width, seeds=(seeds[0], seeds[1]))
         rows.append({k: v for k, v in r.items() if not k.endswith("_curve")})
         print(f"{width:>6} {r['naive_barrier_points']:7.2f} {r['weight_matching_barrier_points']:7.2f} "

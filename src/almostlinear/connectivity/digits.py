@@ -13,7 +13,7 @@ import time
 from ..merging import TaskVector, greedy_soup, uniform_soup
 from ..zoo.digits_data import digits
 from ..zoo.mlp import Recipe, digits_mlp, evaluate, make_mlp
-from .interpolate import interpolate, model_state
+from .line import interpolate, model_state
 from .matching import activation_matching, weight_matching
 from .repair import repair_
 from .spec import feedforward_spec

@@ -9,20 +9,28 @@ the cross-correlation of the two networks' activations over some inputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..core.artifact import Provenance
-from ..core.errors import EmptyDataError, NonFiniteError, ShapeError, StructureError
+from ..core.artifact import Provenance, Where
+from ..core.errors import EmptyDataError, NonFiniteError, ShapeError, StructureError, check_choice
+from ..core.lever import as_model
 from ..core.threads import one_thread
-from .permutation import Permutation
+from .artifact import Permutation
 from .spec import PermutationSpec, identity_perms, permute_tensor
 
 
+def _module(model_or_state: Any) -> Any:
+    """A module or a ``LoadedModel`` as its module; a state dict as it is."""
+    return dict(model_or_state) if isinstance(model_or_state, Mapping) else as_model(model_or_state).module
+
+
 def _state(model_or_state) -> dict[str, torch.Tensor]:
+    model_or_state = _module(model_or_state)
     if isinstance(model_or_state, nn.Module):
         # every name, tied tensors under each of theirs, as in a state dict
         named = dict(model_or_state.named_parameters(remove_duplicate=False))
@@ -95,21 +103,18 @@ def weight_matching(model_a, model_b, spec: PermutationSpec, *, max_iter: int = 
                 break
     if bar is not None:
         bar.close()
-    return Permutation.from_perms(spec, perms, provenance=Provenance(
-        model_fingerprint=_fingerprint(model_b), method="weight_matching",
-        extra={"sweeps": sweeps, "seed": seed, "source": "arXiv 2209.04836"}))
+    return Permutation.from_perms(spec, perms, provenance=_provenance(model_b, "weight_matching", sweeps=sweeps,
+                                                                      seed=seed))
 
 
-def _fingerprint(model_or_state) -> str | None:
-    """Fingerprint of the network the permutation is for (B), so applying it elsewhere warns."""
-    if not isinstance(model_or_state, nn.Module):
-        return None
-    from ..core.models import fingerprint
-
-    return fingerprint(model_or_state)
+def _provenance(model_or_state, method: str, **extra) -> Provenance:
+    """The network the permutation is for (B) by fingerprint, so applying it elsewhere warns."""
+    fingerprint = None if isinstance(model_or_state, Mapping) else as_model(model_or_state).fingerprint
+    return Provenance(model_fingerprint=fingerprint, where=Where(), units="none", method=method,
+                      extra={**extra, "source": "arXiv 2209.04836"})
 
 
-def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
+def activation_matching(model_a: Any, model_b: Any, spec: PermutationSpec,
                         batches, *, forward: Callable[[nn.Module, object], object] | None = None,
                         unobserved: str = "raise") -> Permutation:
     """Permutation of B's units maximising the correlation of matched activations over ``batches``.
@@ -119,8 +124,8 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
     else they raise. ``batches`` is an iterable of model inputs (tensors, or dicts of keyword
     arguments). Activations are standardised per unit before correlating, as in arXiv 2209.04836.
     """
-    if unobserved not in ("raise", "identity"):
-        raise ValueError(f"unobserved must be 'raise' or 'identity', got {unobserved!r}")
+    check_choice(unobserved, ("raise", "identity"), "value of unobserved")
+    model_a, model_b = as_model(model_a).module, as_model(model_b).module
     lacking = [n for n in spec.sizes if n not in spec.producers]
     if lacking and unobserved == "raise":
         raise StructureError(f"activation matching needs a producer for every permutation; none for "
@@ -149,9 +154,7 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, spec: Permutatio
         raise EmptyDataError("activation matching needs at least one batch of inputs")
     perms = identity_perms(spec)
     perms.update({name: _assign(stats[name].correlation()) for name in observed})
-    return Permutation.from_perms(spec, perms, provenance=Provenance(
-        model_fingerprint=_fingerprint(model_b), method="activation_matching",
-        extra={"source": "arXiv 2209.04836"}))
+    return Permutation.from_perms(spec, perms, provenance=_provenance(model_b, "activation_matching"))
 
 
 def _capture(model: nn.Module, path: str, end: str, dim: int, store: dict, key: str):

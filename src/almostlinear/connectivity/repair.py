@@ -9,10 +9,13 @@ correction sees the corrections before it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from ..core.errors import EmptyDataError, StructureError
+from ..core.errors import AlmostLinearError, EmptyDataError, StructureError
+from ..core.lever import as_model
 from .spec import PermutationSpec
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -59,7 +62,7 @@ def _unit_stats(model: nn.Module, layer: str, batches) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def repair_(model: nn.Module, model_a: nn.Module, model_b: nn.Module, alpha: float, batches,
+def repair_(model: Any, model_a: Any, model_b: Any, alpha: float, batches,
             layers: list[str] | PermutationSpec, *, eps: float = 1e-8) -> nn.Module:
     """Rescale ``layers`` of the interpolated ``model`` in place so their unit statistics interpolate A's and B's.
 
@@ -67,8 +70,9 @@ def repair_(model: nn.Module, model_a: nn.Module, model_b: nn.Module, alpha: flo
     ``model`` must be a separate network: the endpoints' statistics are measured on ``model_a`` and
     ``model_b`` as they are (with :func:`interpolate`, which works in ``model_a``, pass a copy of A).
     """
+    model, model_a, model_b = (as_model(m).module for m in (model, model_a, model_b))
     if model is model_a or model is model_b:
-        raise ValueError("repair_ needs the interpolated network apart from both endpoints: the endpoint "
+        raise AlmostLinearError("repair_ needs the interpolated network apart from both endpoints: the endpoint "
                          "statistics would otherwise be read from the network being rescaled (pass a copy of A)")
     batches = list(batches)
     names = hidden_layers(layers) if isinstance(layers, PermutationSpec) else list(layers)

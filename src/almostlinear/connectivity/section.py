@@ -12,13 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.section import AuditContext, Need, Section
+from ..core.lever import temporarily_changed
 from ..core.report import Figure, Metric, SectionResult, Series
-from ..core.collect import Batch
-from ..core.sites import Site
+from ..core.section import AuditContext, Need, Section
 from ..core.threads import one_thread
 from . import digits as demos
-from .interpolate import interpolate
+from .line import interpolate
 
 NOISE = 0.02  # Gaussian noise per tensor, as a fraction of the tensor's root-mean-square
 REBASIN = "arXiv 2209.04836"
@@ -33,24 +32,18 @@ class WeightSpaceSection(Section):
     title = "Weight space: barriers, alignment, soups, task vectors"
 
     def needs(self, ctx: AuditContext) -> list[Need]:
-        self.tokens: dict[int, dict[int, int]] = {}
-        if not ctx.causal:
-            return []
-        # Only the token ids are wanted: the earliest site keeps the shared pass cheap.
-        return [Need("neutral", (Site("resid_pre", 0),), positions="all")]
-
-    def consume(self, source: str, batch: Batch) -> None:
-        for t, p, tok in zip(batch.text_index.tolist(), batch.position.tolist(), batch.token_ids.tolist()):
-            self.tokens.setdefault(t, {})[p] = tok
+        # The line through the model's weights runs its own forward passes over the neutral texts'
+        # token ids (tokenised as the shared pass does), so the source is needed, not activations.
+        return [Need("neutral")] if ctx.causal else []
 
     def finish(self, ctx: AuditContext) -> SectionResult:
         result = SectionResult(self.id, self.title)
-        quick = ctx.budget.neutral_texts <= 48
+        quick = ctx.quick
         with one_thread():
             self._digits(result, quick)
-            if ctx.causal and self.tokens:
+            if ctx.causal:
                 self._model_line(ctx, result, quick)
-            elif not ctx.causal:
+            else:
                 result.notes.append("The line through the audited model's weights needs a causal language model "
                                     "(cross-entropy on text); only the digits evidence is shown.")
         return result
@@ -122,12 +115,7 @@ class WeightSpaceSection(Section):
     def _model_line(self, ctx: AuditContext, result: SectionResult, quick: bool) -> None:
         model = ctx.loaded.model
         n_texts, alphas = (6, [0.0, 0.25, 0.5, 0.75, 1.0]) if quick else (16, [i / 10 for i in range(11)])
-        max_tokens = 64
-        seqs = []
-        for t in sorted(self.tokens)[:n_texts]:
-            positions = self.tokens[t]
-            seqs.append([positions[p] for p in sorted(positions)][:max_tokens])
-        seqs = [s for s in seqs if len(s) >= 2]
+        seqs = [s for s in _token_ids(ctx, n_texts, max_tokens=64) if len(s) >= 2]
         if not seqs:
             result.notes.append("no neutral text long enough for the line through the model's weights")
             return
@@ -193,35 +181,46 @@ FT_STEPS = 4
 FT_LR = 3e-5
 
 
+def _token_ids(ctx: AuditContext, n_texts: int, *, max_tokens: int) -> list[list[int]]:
+    """The first ``max_tokens`` ids of the first ``n_texts`` neutral texts, as the shared pass tokenises them."""
+    tokenizer, seqs = ctx.loaded.tokenizer, []
+    for text in ctx.texts("neutral"):
+        if len(seqs) == n_texts:
+            break
+        ids = list(tokenizer(text, truncation=True, max_length=ctx.budget.max_length)["input_ids"])
+        if ids:
+            seqs.append(ids[:max_tokens])
+    return seqs
+
+
 def _fine_tuned_weights(model: nn.Module, seqs: list[list[int]], *, steps: int, lr: float) -> dict:
     """Weights after ``steps`` full-batch Adam steps of next-token loss on ``seqs``; the model is restored."""
     device = next(model.parameters()).device
     params = dict(model.named_parameters())
-    saved = {k: v.detach().clone() for k, v in params.items()}
     grad_flags = {k: v.requires_grad for k, v in params.items()}
     was_training = model.training
     optimiser = torch.optim.Adam(params.values(), lr=lr)
-    try:
-        model.train()
-        for p in params.values():
-            p.requires_grad_(True)
-        for _ in range(steps):
-            optimiser.zero_grad(set_to_none=True)
-            count = sum(len(s) - 1 for s in seqs)
-            for s in seqs:  # one text at a time: gradients accumulate, memory stays small
-                ids = torch.tensor([s], device=device)
-                logits = model(input_ids=ids).logits[0, :-1].float()
-                (nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum") / count).backward()
-            optimiser.step()
-        target = {k: v.detach().clone() for k, v in params.items()}
-        target.update({k: v.detach() for k, v in model.named_buffers()})
-    finally:
-        with torch.no_grad():
+    # the optimiser's steps are the change: every parameter comes back bit for bit on exit
+    with temporarily_changed(model, params, lambda: None):
+        try:
+            model.train()
+            for p in params.values():
+                p.requires_grad_(True)
+            for _ in range(steps):
+                optimiser.zero_grad(set_to_none=True)
+                count = sum(len(s) - 1 for s in seqs)
+                for s in seqs:  # one text at a time: gradients accumulate, memory stays small
+                    ids = torch.tensor([s], device=device)
+                    logits = model(input_ids=ids).logits[0, :-1].float()
+                    (nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum") / count).backward()
+                optimiser.step()
+            target = {k: v.detach().clone() for k, v in params.items()}
+            target.update({k: v.detach() for k, v in model.named_buffers()})
+        finally:
             for k, p in params.items():
-                p.copy_(saved[k])
                 p.requires_grad_(grad_flags[k])
                 p.grad = None
-        model.train(was_training)
+            model.train(was_training)
     return target
 
 

@@ -18,7 +18,8 @@ Two derivations are offered:
   dimensions ``(j, j + head_dim/2)`` its own frequency, so no permutation of those dimensions
   preserves the function (only a rotation inside each pair does): under RoPE they stay in place.
 
-A permuted network computes the same function as the original; :func:`check_spec` measures it.
+A permuted network computes the same function as the original; :func:`.artifact.check_spec` measures it.
+Mixture-of-experts blocks are refused by name: their experts and router need rules of their own.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..core.errors import ShapeError, StructureError
+from ..core.errors import LeverError, ShapeError, StructureError
 from ..core.locate import Structure, is_conv1d, is_norm, is_linear, linear_shape, locate
 
 
@@ -251,6 +252,10 @@ def transformer_spec(model: nn.Module, structure: Structure | None = None, *, he
     heads are permuted. Parameters the rules do not place raise :class:`StructureError`.
     """
     structure = structure or locate(model)
+    moe = [blk.index for blk in structure.blocks if blk.moe]
+    if moe:
+        raise LeverError(f"permutation specs cover dense MLPs; blocks {moe} of {structure.model_type} are mixtures "
+                         "of experts, whose experts and router these rules do not permute: align dense models")
     config = getattr(model, "config", None)
     d = structure.d_model
     names = {id(m): n for n, m in model.named_modules()}
@@ -409,22 +414,3 @@ def permutation_spec(model: nn.Module, **kwargs) -> PermutationSpec:
     if getattr(model, "config", None) is not None:
         return transformer_spec(model, **kwargs)
     return feedforward_spec(model)
-
-
-@torch.no_grad()
-def check_spec(model: nn.Module, spec: PermutationSpec, inputs, *, seed: int = 0) -> float:
-    """Largest absolute difference between the model's outputs before and after a random permutation.
-
-    ``inputs`` is a tensor (passed positionally) or a dict of keyword arguments. The model is restored
-    bit for bit afterwards. A spec that is right gives a difference at float rounding level.
-    """
-    from .permutation import Permutation
-
-    def run():
-        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-        return getattr(out, "logits", out if isinstance(out, torch.Tensor) else out[0])
-
-    before = run()
-    with Permutation.from_perms(spec, random_perms(spec, seed)).apply(model):
-        after = run()
-    return float((before - after).abs().max())

@@ -194,6 +194,9 @@ def parameter_name(module: nn.Module, parameter: torch.Tensor) -> str:
 def get_parameter(module: nn.Module, name: str) -> torch.Tensor | None:
     """The parameter ``name``, or ``None`` when its module has no such parameter (a missing bias)."""
     owner, leaf = _owner(module, name)
+    if leaf in owner._buffers:
+        # Snapshots restore parameters only; a buffer changed by a lever would silently stay changed.
+        raise LeverError(f"{name!r} is a buffer, not a parameter; levers change parameters only")
     return owner._parameters.get(leaf)
 
 

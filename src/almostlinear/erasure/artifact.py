@@ -23,7 +23,7 @@ from torch import nn
 from ..core.artifact import Artifact, Provenance, Where
 from ..core.errors import LeverError, ShapeError, SiteError
 from ..core.hooks import Positions, intervene
-from ..core.lever import UNITS, Baked, as_model, check_fingerprint, check_strength
+from ..core.lever import Baked, as_model, check_fingerprint, check_strength
 from ..core.locate import Structure
 from ..core.sites import Site, as_sites
 from .leace import DEFAULT_SVD_TOL, LeaceFitter, erase
@@ -53,7 +53,6 @@ class LeaceEraser(Artifact):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
-        object.__setattr__(self, "provenance", _current(self.provenance))
         where = self.provenance.where
         if where is None or where.site is None:
             raise ShapeError("an eraser needs provenance.where with its site and layers (build it with "
@@ -65,6 +64,12 @@ class LeaceEraser(Artifact):
             raise ShapeError("the factors, layers and ranks disagree on the number of sites")
         if self.left.shape[1] != self.mean.shape[1] or self.right.shape[2] != self.mean.shape[1]:
             raise ShapeError("the factors disagree on the width d")
+
+    @classmethod
+    def _join(cls, tensors: dict, fields: dict, provenance: Provenance) -> LeaceEraser:
+        # Files of format 1 also held the method as a field (see ``_current``).
+        fields = {k: v for k, v in fields.items() if k != "method"}
+        return cls(**tensors, **fields, provenance=_current(provenance))
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -190,12 +195,10 @@ class LeaceEraser(Artifact):
 
 
 def _current(provenance: Provenance) -> Provenance:
-    """An eraser's provenance as files of format 1 held it, in today's shape: the layers from the
-    ``sites`` list in ``extra`` (format 1 kept only a shared site name in ``where``), the unit as a
-    name, and no copies of what the artifact holds (operation, sites, ranks)."""
+    """A loaded eraser's provenance in today's shape. Files of format 1 kept only a shared site name in
+    ``where`` and the layers in ``extra["sites"]``, described the unit in prose, and copied the
+    operation, sites and ranks into ``extra``."""
     extra = dict(provenance.extra)
-    if provenance.units in UNITS and not {"operation", "sites", "ranks"} & set(extra):
-        return provenance
     where = where_of(extra["sites"]) if "sites" in extra else provenance.where
     for key in ("operation", "sites", "ranks"):
         extra.pop(key, None)

@@ -16,16 +16,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .. import clitools
 from ..core.digest import data_hash
-from ..core.errors import EmptyDataError, LayerError
+from ..core.errors import EmptyDataError, LayerError, check_choice
 
 DATASETS = ("cities", "capitals")
 NEUTRAL_TEXTS = 48  # the same call as the audit and the lenses, so the cached texts are shared
 NEUTRAL_NEW_TOKENS = 80
-
-
-def _say(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
 
 
 def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:
@@ -73,12 +70,11 @@ def _concept(dataset: str | None, data_file: str | None, statements: int, seed: 
         y = torch.tensor([index[n] for n in names])
         digest = data_hash([f"{n}\t{t}" for n, t in zip(names, texts)])
         return [texts[i] for i in train], y[train], [texts[i] for i in test], y[test], classes, digest
+    check_choice(dataset, DATASETS, "dataset")
     if dataset == "cities":
         items = data.city_statements(statements, seed=seed)
-    elif dataset == "capitals":
-        items = data.capital_statements(statements, seed=seed)
     else:
-        raise EmptyDataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+        items = data.capital_statements(statements, seed=seed)
     train, test = data.split(items, 0.5, seed=seed)
     label = lambda part: torch.tensor([int(s.label) for s in part])  # noqa: E731
     return ([s.text for s in train], label(train), [s.text for s in test], label(test), ["false", "true"],
@@ -115,14 +111,13 @@ def erase_command(model_name, *, dataset: str = "cities", data_file: str | None 
     ``shrinkage=None`` shrinks the covariance when there are fewer training texts than dimensions.
     """
     from .. import data
-    from ..core.models import DEFAULT_MODEL, LoadedModel, load
     from ..core.sites import Site
     from .evaluate import erasure_cost, guardedness
     from .fit import fit_eraser
 
-    say = say or _say
+    say = say or clitools.say
     stream = stream or sys.stdout
-    loaded = model_name if isinstance(model_name, LoadedModel) else load(model_name or DEFAULT_MODEL, progress=say)
+    loaded = clitools.load_model(model_name)
     structure = loaded.structure
     layers = [structure.n_layers // 2] if layers is None else [structure.block(i).index for i in layers]
     sites = [str(Site(site_name, layer)) for layer in layers]
@@ -177,28 +172,16 @@ def erase_command(model_name, *, dataset: str = "cities", data_file: str | None 
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    import os
-
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
-    try:  # put the thread count back, so a call from Python (or a test) leaves the process as it was
-        layers = None
-        if args.layers is not None:
-            from ..core.models import DEFAULT_MODEL, load
-
-            loaded = load(args.model or DEFAULT_MODEL, progress=_say)
-            layers = parse_layers(args.layers, loaded.structure.n_layers)
-            model = loaded
-        else:
-            model = args.model
-        erase_command(model, dataset=args.dataset, data_file=args.data, layers=layers, site_name=args.site,
-                      method=args.method, shrinkage=args.shrinkage, statements=args.statements, neutral=args.neutral,
-                      neutral_file=args.neutral_file, out=args.out, seed=args.seed, max_length=args.max_length,
-                      as_json=args.json)
-    finally:
-        torch.set_num_threads(threads)
+    clitools.set_threads(args.threads)  # the command line's main puts the caller's thread count back
+    layers = None
+    model = args.model
+    if args.layers is not None:
+        model = clitools.load_model(args.model)
+        layers = parse_layers(args.layers, model.structure.n_layers)
+    erase_command(model, dataset=args.dataset, data_file=args.data, layers=layers, site_name=args.site,
+                  method=args.method, shrinkage=args.shrinkage, statements=args.statements, neutral=args.neutral,
+                  neutral_file=args.neutral_file, out=args.out, seed=args.seed, max_length=args.max_length,
+                  as_json=args.json)
     return 0
 
 

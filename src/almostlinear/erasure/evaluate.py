@@ -59,7 +59,8 @@ def guardedness(model, tokenizer, eraser: LeaceEraser, train: tuple[Sequence[str
     so the number after is what a fresh linear probe can still read, not what the old one reads.
     """
     view = as_model(model)
-    module, tokenizer, structure = view.module, tokenizer or view.tokenizer, view.structure
+    module, structure = view.module, view.structure
+    tokenizer = tokenizer if tokenizer is not None else view.tokenizer
     site = site or eraser.sites[-1]
     y_train, y_test = torch.as_tensor(train[1]).long(), torch.as_tensor(test[1]).long()
     if len(train[0]) == 0 or len(test[0]) == 0:
@@ -100,6 +101,6 @@ def erasure_cost(model, tokenizer, eraser: LeaceEraser, texts: Sequence[str], *,
                  positions: Positions = "all", max_length: int = 128, batch_size: int = 8) -> SideEffects:
     """KL and cross-entropy change on ``texts`` with the eraser applied at ``positions``."""
     view = as_model(model)
-    return side_effects(view.module, tokenizer or view.tokenizer, texts,
+    return side_effects(view.module, tokenizer if tokenizer is not None else view.tokenizer, texts,
                         lambda: eraser.apply(view, positions=positions),
                         max_length=max_length, batch_size=batch_size)

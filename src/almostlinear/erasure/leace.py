@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from ..core.errors import EmptyDataError, NonFiniteError, ShapeError
+from ..core.errors import AlmostLinearError, EmptyDataError, NonFiniteError, ShapeError, check_choice
 from ..core.stats import RunningMoments
 
 Method = Literal["leace", "orth"]
@@ -104,10 +104,9 @@ def leace_factors(cov_xx: torch.Tensor | None, cov_xz: torch.Tensor, *, method: 
     matrices are never formed: every product goes through the eigenvectors, ``O(d^2 k)`` after the
     ``eigh``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown erasure method {method!r}; choose one of {METHODS}")
-    if svd_tol <= 0:
-        raise ValueError("svd_tol must be positive")
+    check_choice(method, METHODS, "erasure method")
+    if not svd_tol > 0:
+        raise AlmostLinearError(f"svd_tol must be positive, got {svd_tol}")
     if method == "leace":
         if cov_xx is None:
             raise ShapeError("LEACE needs the covariance of x")
@@ -153,8 +152,7 @@ class LeaceFitter:
     moments: RunningMoments = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown erasure method {self.method!r}; choose one of {METHODS}")
+        check_choice(self.method, METHODS, "erasure method")
         if self.dim < 1 or self.n_classes < 1:
             raise ShapeError("dim and n_classes must be positive")
         self.moments = RunningMoments(self.dim, self.n_classes, batch_dtype=self.batch_dtype or torch.float64)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from ..core.section import AuditContext, Need, Section
-from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, Need, Section
 from ..core.sites import Site
 from ..data import split
 from ..steering.cost import side_effects_many
-from .eraser import LeaceEraser
+from .artifact import LeaceEraser
 from .evaluate import probe_accuracy
 
 LEACE_SOURCE = "arXiv 2306.03819"
@@ -45,10 +45,9 @@ class ErasureSection(Section):
         self.sites = tuple(Site("resid_post", i) for i in self.layers)
         self.rows: list[torch.Tensor] = []
         self.index: list[torch.Tensor] = []
-        # The neutral source is asked for so the planner builds it; reading one early site at the last
-        # token is nearly free and shared with the other sections that read neutral text.
-        return [Need("cities", self.sites, positions="last"),
-                Need("neutral", (Site("resid_post", 0),), positions="last")]
+        # The cost runs its own hooked passes over the neutral texts in ``finish``: the source is asked
+        # for by name only, so the audit builds it (shared with other sections) and collects nothing.
+        return [Need("cities", self.sites, positions="last"), Need("neutral")]
 
     def consume(self, source: str, batch: Batch) -> None:
         if source == "cities":
@@ -57,7 +56,7 @@ class ErasureSection(Section):
 
     def finish(self, ctx: AuditContext) -> SectionResult:
         result = SectionResult(self.id, self.title)
-        statements = ctx.sources["cities"]
+        statements = ctx.items("cities")
         acts = torch.cat(self.rows, dim=1)  # [depths, n, d]
         order = torch.cat(self.index).tolist()
         labels = torch.tensor([int(statements[i].label) for i in order])
@@ -116,17 +115,16 @@ class ErasureSection(Section):
         return result
 
     def _cost(self, ctx: AuditContext, result: SectionResult, erasers: dict) -> None:
-        texts = list(ctx.sources.get("neutral") or [])[:max(4, ctx.budget.neutral_texts // COST_SHARE)]
+        texts = ctx.texts("neutral")[:max(4, ctx.budget.neutral_texts // COST_SHARE)]
         if not texts:
             result.notes.append("no neutral text: the cost of erasure was not measured")
             return
         layer = self.cost_layer
-        model = ctx.loaded.model
 
         def hooked(eraser: LeaceEraser):
-            return lambda: eraser.apply(model, structure=ctx.structure, check_fingerprint=False)
+            return lambda: eraser.apply(ctx.loaded)
 
-        found = side_effects_many(model, ctx.loaded.tokenizer, texts, {k: hooked(e) for k, e in erasers.items()},
+        found = side_effects_many(ctx.loaded, None, texts, {k: hooked(e) for k, e in erasers.items()},
                                   max_length=COST_MAX_LENGTH, batch_size=ctx.budget.batch_size)
         labels = {"leace": "LEACE" + (" (shrunk covariance)" if "leace_unshrunk" in erasers else ""),
                   "orth": "orthogonal projection", "leace_unshrunk": "LEACE (unshrunk sample covariance)"}

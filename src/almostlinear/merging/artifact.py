@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from ..core.artifact import Artifact, Provenance
+from ..core.artifact import Artifact, Provenance, Where
 from ..core.errors import EmptyDataError, LeverError, ShapeError
 from ..core.lever import Baked, as_model, bake_weights, check_fingerprint, check_strength, temporarily_changed
 from .methods import trim_magnitude
@@ -32,7 +32,8 @@ class TaskVector(Artifact):
     """One difference tensor per parameter name, float32 (float64 if the weights were).
 
     ``provenance.model_fingerprint`` is the base model's fingerprint when the vector was taken from
-    models (:meth:`from_models`), so applying it to another model warns (or raises, with ``strict``).
+    models (:meth:`from_models`), so applying it to another model warns (or raises, with ``strict``);
+    ``provenance.where`` is ``Where()``, the whole model, since the deltas name their parameters.
     """
 
     deltas: Mapping[str, Tensor]
@@ -50,8 +51,12 @@ class TaskVector(Artifact):
         bad = [k for k, v in self.deltas.items() if not isinstance(v, torch.Tensor)]
         if bad:
             raise ShapeError(f"a task vector holds tensors; {bad[0]!r} is a {type(self.deltas[bad[0]]).__name__}")
-        if self.provenance.units is None:
-            object.__setattr__(self, "provenance", dataclasses.replace(self.provenance, units=UNITS))
+        provenance = self.provenance
+        if not provenance.units:  # also version 1 files, which stored units as free text or ""
+            provenance = dataclasses.replace(provenance, units=UNITS)
+        if provenance.where is None:  # the whole model: one delta per parameter it names
+            provenance = dataclasses.replace(provenance, where=Where())
+        object.__setattr__(self, "provenance", provenance)
 
     # ---- files: one tensor per parameter name, no other fields ----------------------------
     def _split(self) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -104,10 +104,6 @@ class MergeMethod:
     def chunkable(self) -> bool:
         return self.chunked is not None
 
-    @property
-    def weighted(self) -> bool:
-        return "weight" in self.params
-
     def options(self) -> dict[str, Any]:
         """The in-memory options and their defaults (the weights and recipe-only keys apart)."""
         return {k: p.default for k, p in self.params.items() if k != "weight" and not p.ignored}

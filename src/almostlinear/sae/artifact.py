@@ -9,6 +9,7 @@ Both act through hooks and have no exact form in the weights, so ``bake_`` refus
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class SparseAutoencoder(Artifact):
                 raise ShapeError(f"SAE field {name} has shape {tuple(getattr(self, name).shape)}, expected {shape}")
         if self.activation == "topk" and not 1 <= self.k <= width:
             raise ShapeError(f"a TopK SAE needs 1 <= k <= width ({width}), got k={self.k}")
+        _default_units(self)
 
     @property
     def d(self) -> int:
@@ -195,6 +197,7 @@ class LatentDirection(Artifact):
     def __post_init__(self) -> None:
         if self.direction.dim() != 1:
             raise ShapeError(f"a latent direction is a vector [d], got shape {tuple(self.direction.shape)}")
+        _default_units(self)
 
     @property
     def site(self) -> Site | None:
@@ -220,6 +223,12 @@ class LatentDirection(Artifact):
         """Refused: no weight of every architecture adds a constant at any site exactly, so there is no exact bake."""
         raise LeverError("a latent direction has no exact bake: a constant added at a site is not a weight of "
                          "every block; use `with direction.apply(model, strength): ...`")
+
+
+def _default_units(lever: Artifact) -> None:
+    """Record the lever's default strength unit when its provenance names none."""
+    if lever.provenance.units is None:
+        object.__setattr__(lever, "provenance", dataclasses.replace(lever.provenance, units=lever.strength_units[0]))
 
 
 def _site_of(provenance: Provenance) -> Site | None:

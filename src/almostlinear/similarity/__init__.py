@@ -11,16 +11,17 @@ examples (tokens), an optional boolean ``mask`` ``[n]``, and work in float64:
 * :func:`layer_similarity` for a whole ``[layers, layers]`` matrix, within a model or across two.
 """
 
-from .cca import canonical_correlations, mean_cca, pwcca, svcca
-from .cka import linear_cka, linear_hsic
-from .encoding import EncodingScore, encoding_r2
-from .layers import MEASURES, KernelStats, adjacent, kernel_stats, layer_similarity
-from .procrustes import procrustes_distance, procrustes_similarity
-from .rsa import rdm, rsa
-from .streaming import CKAEstimate, StreamingCKA
+from __future__ import annotations
 
-__all__ = [
-    "MEASURES", "CKAEstimate", "EncodingScore", "KernelStats", "StreamingCKA", "adjacent",
-    "canonical_correlations", "encoding_r2", "kernel_stats", "layer_similarity", "linear_cka", "linear_hsic",
-    "mean_cca", "procrustes_distance", "procrustes_similarity", "pwcca", "rdm", "rsa", "svcca",
-]
+from ..core.lazy import lazy_exports
+
+_PUBLIC = {
+    "cca": ("canonical_correlations", "mean_cca", "pwcca", "svcca"),
+    "cka": ("linear_cka", "linear_hsic"),
+    "encoding": ("EncodingScore", "encoding_r2"),
+    "layers": ("MEASURES", "KernelStats", "adjacent", "kernel_stats", "layer_similarity"),
+    "procrustes": ("procrustes_distance", "procrustes_similarity"),
+    "rsa": ("rdm", "rsa"),
+    "streaming": ("CKAEstimate", "StreamingCKA"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -4,15 +4,15 @@ Read-only levers on the weights; no forward pass (except one single-token check 
 fused-QKV layouts apart, see :mod:`.heads`).
 """
 
-from .coherence import Coherence, CoherenceScorer, auc_greater, mean_pairwise_cosine
-from .heads import FUSED_LAYOUTS, HeadLayout, head_layout, ov_factors, ov_matrix
-from .ranks import effective_rank, gram_svd, product_svd, stable_rank
-from .spectrum import KINDS, Spectrum, mlp_matrices, mlp_spectra, ov_spectra, weight_spectra
-from .tokens import TokenDirection, TokenReader, decode_each
+from __future__ import annotations
 
-__all__ = [
-    "FUSED_LAYOUTS", "KINDS", "Coherence", "CoherenceScorer", "HeadLayout", "Spectrum", "TokenDirection",
-    "TokenReader", "auc_greater", "decode_each", "effective_rank", "gram_svd", "head_layout",
-    "mean_pairwise_cosine", "mlp_matrices", "mlp_spectra", "ov_factors", "ov_matrix", "ov_spectra", "product_svd",
-    "stable_rank", "weight_spectra",
-]
+from ..core.lazy import lazy_exports
+
+_PUBLIC = {
+    "coherence": ("Coherence", "CoherenceScorer", "auc_greater", "mean_pairwise_cosine"),
+    "heads": ("FUSED_LAYOUTS", "HeadLayout", "head_layout", "ov_factors", "ov_matrix"),
+    "ranks": ("effective_rank", "gram_svd", "product_svd", "stable_rank"),
+    "spectrum": ("KINDS", "Spectrum", "mlp_matrices", "mlp_spectra", "ov_spectra", "weight_spectra"),
+    "tokens": ("TokenDirection", "TokenReader", "decode_each"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

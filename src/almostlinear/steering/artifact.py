@@ -65,7 +65,12 @@ class SteeringVector(Artifact):
         if where is None or where.site is None or where.layer is None:
             raise ArtifactError("a steering vector needs provenance.where with a site and one layer "
                                 "(build it with SteeringVector.from_direction)")
-        object.__setattr__(self, "provenance", _current(self.provenance))
+
+    @classmethod
+    def _join(cls, tensors: dict, fields: dict, provenance: Provenance) -> SteeringVector:
+        # Files of format 1 also held the method and the operation as fields (see ``_current``).
+        fields = {k: v for k, v in fields.items() if k not in ("method", "operation")}
+        return cls(**tensors, **fields, provenance=_current(provenance))
 
     @classmethod
     def from_direction(cls, direction: torch.Tensor, *, site: str = "resid_post", layer: int, method: str,
@@ -188,11 +193,9 @@ class SteeringVector(Artifact):
 
 
 def _current(provenance: Provenance) -> Provenance:
-    """A steering vector's provenance as files of format 1 held it, in today's shape: the unit as a
-    name (it was prose), the position policy in ``where`` (it was in ``extra``)."""
+    """A loaded vector's provenance in today's shape. Files of format 1 described the unit in prose,
+    kept the position policy in ``extra`` rather than in ``where``, and copied the operation there."""
     extra = dict(provenance.extra)
-    if provenance.units in UNIT_NAMES and "positions" not in extra and "operation" not in extra:
-        return provenance
     where = provenance.where
     if "positions" in extra:
         where = dataclasses.replace(where, positions=policies.describe(policies.from_header(extra.pop("positions"))))
@@ -233,8 +236,12 @@ class DirectionalAblation(Artifact):
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         if self.directions.dim() != 2:
             raise ShapeError("directions must be [k, d]")
-        if self.provenance.units != "fraction":  # files of format 1 described the unit in prose
-            object.__setattr__(self, "provenance", dataclasses.replace(self.provenance, units="fraction"))
+
+    @classmethod
+    def _join(cls, tensors: dict, fields: dict, provenance: Provenance) -> DirectionalAblation:
+        # Files of format 1 described the unit in prose and copied the operation into ``extra``.
+        extra = {k: v for k, v in provenance.extra.items() if k != "operation"}
+        return cls(**tensors, **fields, provenance=dataclasses.replace(provenance, units="fraction", extra=extra))
 
     @classmethod
     def from_direction(cls, direction: torch.Tensor, *, layers: Sequence[int] | None = None,

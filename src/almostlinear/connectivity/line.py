@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..core.errors import EmptyDataError, NonFiniteError, ShapeError
+from ..core.errors import EmptyDataError, NonFiniteError, ShapeError, check_choice
+from ..core.lever import as_model
 
 
-def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def model_state(model: Any) -> dict[str, torch.Tensor]:
     """Parameters and buffers by name (tied tensors once), detached; no copy."""
+    model = as_model(model).module
     named = {k: v.detach() for k, v in model.named_parameters()}
     named.update({k: v.detach() for k, v in model.named_buffers()})
     return named
 
 
 def _as_state(other) -> dict[str, torch.Tensor]:
-    return model_state(other) if isinstance(other, nn.Module) else dict(other)
+    """A state dict as it is; a module or a ``LoadedModel`` as its parameters and buffers."""
+    return dict(other) if isinstance(other, Mapping) else model_state(other)
 
 
 def lerp_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -75,8 +79,9 @@ class _Line:
 
 
 @contextlib.contextmanager
-def interpolated(model: nn.Module, other, alpha: float) -> Iterator[nn.Module]:
+def interpolated(model: Any, other, alpha: float) -> Iterator[nn.Module]:
     """Set ``model`` to ``(1 - alpha) model + alpha other`` for the body; restore it bit for bit after."""
+    model = as_model(model).module
     line = _Line(model, other)
     try:
         line.set(alpha)
@@ -97,8 +102,7 @@ class InterpolationCurve:
     values: dict[str, tuple[float, ...]]
 
     def _cost(self, metric: str) -> torch.Tensor:
-        if metric not in self.values:
-            raise KeyError(f"no metric {metric!r}; measured: {sorted(self.values)}")
+        check_choice(metric, sorted(self.values), "metric (one the curve measured)")
         v = torch.tensor(self.values[metric], dtype=torch.float64)
         return 1.0 - v if _higher_is_better(metric) else v  # accuracy -> error
 
@@ -132,7 +136,7 @@ def _alphas(alphas) -> tuple[float, ...]:
     return values
 
 
-def interpolate(model_a: nn.Module, model_b, evaluate: Callable[[nn.Module], float | dict[str, float]],
+def interpolate(model_a: Any, model_b, evaluate: Callable[[nn.Module], float | dict[str, float]],
                 alphas: int | Sequence[float] = 11, *,
                 after: Callable[[nn.Module, float], None] | None = None,
                 progress: bool = False) -> InterpolationCurve:
@@ -144,6 +148,7 @@ def interpolate(model_a: nn.Module, model_b, evaluate: Callable[[nn.Module], flo
     and is restored bit for bit afterwards.
     """
     grid = _alphas(alphas)
+    model_a = as_model(model_a).module
     values: dict[str, list[float]] = {}
     iterator = grid
     if progress:
