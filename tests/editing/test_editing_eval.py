@@ -165,6 +165,17 @@ def test_protocols_with_an_exact_editor(protocol, batch, tok, cases):
     assert "ES" in result.table() and len(result.as_dict()["cases"]) == len(cases)
 
 
+def test_a_loaded_model_is_accepted(tok, cases):
+    from almostlinear.core.models import LoadedModel
+
+    model = build_model("llama")
+    loaded = LoadedModel(model, tok, "tiny-llama", "memory", "causal-lm")
+    direct = evaluate_edits(model, tok, cases[:2], lambda reqs: Boost(tok, reqs))
+    through = evaluate_edits(loaded, None, cases[:2], lambda reqs: Boost(tok, reqs))  # its tokenizer serves
+    assert through.post == direct.post and through.pre == direct.pre and through.restored is True
+    assert weights_digest(loaded) == weights_digest(model)
+
+
 def test_neighbourhood_score_sees_bleed(tok, cases):
     model = build_model("llama")
     result = evaluate_edits(model, tok, cases, lambda reqs: Boost(tok, reqs, leak=True))

@@ -128,6 +128,7 @@ def test_bad_options_are_library_errors(setup):
         with sae.apply(model, float("nan")):
             pass
     unplaced = LatentDirection(direction=torch.ones(32) / 32 ** 0.5, typical=1.0, latent=0, frequency=0.1)
+    assert unplaced.provenance.units == "typical"  # the default unit is recorded even when none is given
     with pytest.raises(SiteError, match="site="):
         with unplaced.apply(model):
             pass

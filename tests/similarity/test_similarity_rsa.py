@@ -6,7 +6,7 @@ from scipy.stats import pearsonr, rankdata, spearmanr
 
 from almostlinear.core.errors import EmptyDataError, ShapeError
 from almostlinear.similarity import rdm, rsa
-from almostlinear.similarity.rsa import average_ranks, upper_triangle
+from almostlinear.similarity.rdms import average_ranks, upper_triangle
 
 
 def _pair(seed, n=30):

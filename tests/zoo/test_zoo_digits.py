@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
-from almostlinear.zoo import Recipe, digits, digits_mlp, evaluate, make_mlp
+from almostlinear.core.errors import AlmostLinearError, ChoiceError
+from almostlinear.zoo import SPLITS, Recipe, VAEConfig, digits, digits_mlp, evaluate, make_mlp
 
 
 @pytest.fixture
@@ -27,11 +30,32 @@ def test_split_is_fixed_and_standardised():
     assert set(y.tolist()) == {0, 1} and len(x) == len(y)
 
 
+def _pin(tensor):
+    return hashlib.sha256(tensor.numpy().tobytes()).hexdigest()[:16]
+
+
+def test_named_splits_and_cache_keys_are_those_the_cached_networks_were_made_with():
+    # Pinned from the two loaders these splits replaced: a changed split or key would silently
+    # retrain every cached network and move every number that rests on them.
+    assert SPLITS == ("mlp", "vae") and digits() is digits("mlp")
+    mlp, vae = digits("mlp"), digits("vae")
+    assert [_pin(t) for t in (mlp.x_train, mlp.x_val, mlp.x_test, mlp.y_test)] == [
+        "3a521078df4e5f11", "7bbbd47a5e305136", "e68e2ed7fe4d8803", "55fb24d73fa3d854"]
+    assert [_pin(t) for t in (vae.x_train, vae.x_test, vae.y_test)] == [
+        "0c1cd5aeb017d1e7", "bb31c2bc50bcb519", "067aade3f8b7ad41"]
+    assert (len(vae.y_train), len(vae.y_val), len(vae.y_test)) == (1348, 0, 449)
+    assert float(vae.x_train.min()) == 0 and float(vae.x_train.max()) == 1  # pixels in [0, 1]
+    assert mlp.digest == vae.digest == "8b3b6ae90863430b"
+    assert Recipe().key() == "82fc51af10faac35" and VAEConfig().key(vae.digest) == "fb4931f2b7771daa"
+    with pytest.raises(ChoiceError, match="mlp"):
+        digits("train")
+
+
 def test_recipe_keys_differ_and_fine_tunes_chain():
     base = Recipe(width=16, seed=0)
     assert base.key() == Recipe(width=16, seed=0).key()
     assert len({base.key(), Recipe(width=16, seed=1).key(), base.fine_tune(classes=(0, 1)).key()}) == 3
-    with pytest.raises(TypeError, match="not both"):  # the extra fields would be silently ignored
+    with pytest.raises(AlmostLinearError, match="not both"):  # the extra fields would be silently ignored
         digits_mlp(base, width=32)
 
 

@@ -33,6 +33,7 @@ import torch
 
 from ..core.digest import digest, tensor_digest
 from ..core.errors import AlmostLinearError, EmptyDataError, check_choice
+from ..core.lever import as_model
 from ..core.tokens import continuation_ids
 from .access import unpack
 from .counterfact import CounterfactCase
@@ -69,6 +70,7 @@ def target_nll(
     Pairs whose forward passes coincide (the same prompt with single-token targets) share one
     forward pass. Sequences are right-padded; the model's training mode is restored on return.
     """
+    model = as_model(model).module
     if len(prompts) != len(targets):
         raise AlmostLinearError(f"{len(prompts)} prompts but {len(targets)} targets")
     if not prompts:
@@ -271,6 +273,7 @@ def sample_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_
 
     The global random state is left untouched. Returns prompt + continuation.
     """
+    model = as_model(model).module
     device = _device(model)
     texts = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -298,6 +301,7 @@ def fluency(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_token
 
 def weights_digest(model: Any) -> str:
     """Digest of every parameter and buffer, bit for bit: equal digests mean an exact restore."""
+    model = as_model(model).module
     return digest(*(f"{name}={tensor_digest(tensor)};" for name, tensor in model.state_dict().items()))
 
 

@@ -220,9 +220,10 @@ class LatentDirection(Artifact):
             yield view.module
 
     def bake_(self, model: Any, strength: float = 1.0, **options: Any) -> Baked:
-        """Refused: no weight of every architecture adds a constant at any site exactly, so there is no exact bake."""
-        raise LeverError("a latent direction has no exact bake: a constant added at a site is not a weight of "
-                         "every block; use `with direction.apply(model, strength): ...`")
+        """Refused: a vector added at a site, on chosen positions, is not a bias of every architecture
+        (norms after a sublayer, parallel blocks), so there is no exact bake."""
+        raise LeverError("a latent direction has no exact bake: a vector added at a site is not a bias on every "
+                         "architecture; use `with direction.apply(model, strength): ...`")
 
 
 def _default_units(lever: Artifact) -> None:

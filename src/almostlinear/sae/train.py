@@ -24,7 +24,6 @@ from ..core.artifact import Provenance, Where
 from ..core.errors import EmptyDataError, ShapeError, check_choice
 from .artifact import ACTIVATIONS, SparseAutoencoder
 from .autoencoder import ReluSAE, SparseAutoencoderModule, TopKSAE, check_activations, check_width
-from .metrics import fvu as fvu_of
 
 AUX_COEF = 1 / 32  # arXiv 2406.04093, appendix A.2
 

@@ -21,7 +21,7 @@ _PUBLIC = {
     "encoding": ("EncodingScore", "encoding_r2"),
     "layers": ("MEASURES", "KernelStats", "adjacent", "kernel_stats", "layer_similarity"),
     "procrustes": ("procrustes_distance", "procrustes_similarity"),
-    "rsa": ("rdm", "rsa"),
+    "rdms": ("rdm", "rsa"),
     "streaming": ("CKAEstimate", "StreamingCKA"),
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -20,7 +20,7 @@ from ._inputs import as_rows, centred, check_mask, require_variance
 from .cca import correlations_between, pwcca_between, subspace
 from .cka import row_norms
 from .procrustes import normalised, nuclear_alignment
-from .rsa import rdm_vector
+from .rdms import rdm_vector
 
 MEASURES = ("cka", "cka_debiased", "procrustes", "cca", "svcca", "pwcca", "rsa")
 BLOCK_BYTES = 64 * 2**20

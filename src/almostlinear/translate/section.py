@@ -7,9 +7,9 @@ import importlib.util
 
 import torch
 
-from ..core.section import AuditContext, Need, Section
-from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
+from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.section import AuditContext, CausalSection, Need
 from ..core.models import EMBEDDED, load
 from ..core.sites import Site
 from ..core.threads import one_thread
@@ -21,16 +21,18 @@ LIMBER_NOTE = "one linear layer maps a frozen image encoder into a frozen LM wel
 SOURCES = ("neutral", "cities")
 
 
-class CrossModelMaps(Section):
+class CrossModelMaps(CausalSection):
     id = "translate"
     title = "Maps between models"
+    causal_reason = "pairs a causal language model's states with a sentence encoder; this model is not causal"
 
     def __init__(self, partner: str = "minilm-l6") -> None:
         self.partner = partner
 
     def applicable(self, ctx: AuditContext) -> str | None:
-        if not ctx.causal:
-            return "pairs a causal language model's states with a sentence encoder; this model is not causal"
+        reason = super().applicable(ctx)
+        if reason is not None:
+            return reason
         entry = EMBEDDED.get(self.partner)
         if entry is not None and importlib.util.find_spec(entry.module) is None:
             return f"the partner model {self.partner} needs the package {entry.package}: {entry.install_command()}"

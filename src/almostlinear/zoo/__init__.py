@@ -2,26 +2,18 @@
 
 Importing this package is cheap: data are loaded and networks trained on first use.
 
-    >>> from almostlinear.zoo import Recipe, digits_mlp, digits
+    >>> from almostlinear.zoo import Recipe, digits, digits_mlp, digits_vae
     >>> net = digits_mlp(Recipe(width=64, seed=0))      # trained once, then read from the cache
+    >>> vae = digits_vae(latent=8)                       # the VAE, on the "vae" split of digits()
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ..core.lazy import lazy_exports
 
-__all__ = ["DigitsSplit", "Recipe", "digits", "digits_mlp", "evaluate", "make_mlp", "train"]
-
-if TYPE_CHECKING:
-    from .digits_data import DigitsSplit, digits
-    from .mlp import Recipe, digits_mlp, evaluate, make_mlp, train
-
-
-def __getattr__(name: str):
-    if name in ("DigitsSplit", "digits"):
-        from . import digits_data as module
-    elif name in ("Recipe", "digits_mlp", "evaluate", "make_mlp", "train"):
-        from . import mlp as module
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(module, name)
+_PUBLIC = {
+    "digits_data": ("SPLITS", "DigitsSplit", "digits"),
+    "mlp": ("Recipe", "digits_mlp", "evaluate", "make_mlp", "train"),
+    "vae": ("DigitsVAE", "VAEConfig", "classify", "digits_scorer", "digits_vae", "elbo"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -10,7 +10,6 @@ a second, a width-1024 net tens of seconds, on one CPU core.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -18,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.digest import file_key
+from ..core.errors import AlmostLinearError, EmptyDataError, ShapeError
 from ..core.paths import cache_dir
 from ..core.threads import one_thread
 from .digits_data import digits
@@ -51,8 +51,7 @@ class Recipe:
 
     def key(self) -> str:
         """Content hash of the recipe (and of its parents), used as the cache file name."""
-        payload = json.dumps({"v": RECIPE_VERSION, **dataclasses.asdict(self)}, sort_keys=True, default=list)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return file_key(json.dumps({"v": RECIPE_VERSION, **dataclasses.asdict(self)}, sort_keys=True, default=list))
 
     def fine_tune(self, **changes) -> Recipe:
         """A recipe that starts from this one's weights (same architecture)."""
@@ -117,7 +116,7 @@ def _train_recipe(recipe: Recipe, progress: bool) -> nn.Sequential:
         model = digits_mlp(recipe.parent, progress=progress)
     else:
         model = make_mlp(recipe.width, recipe.depth, recipe.seed)
-    data = digits()
+    data = digits("mlp")
     x, y = data.x_train, data.y_train
     if recipe.rows is not None:
         x, y = x[recipe.rows[0]:recipe.rows[1]], y[recipe.rows[0]:recipe.rows[1]]
@@ -133,7 +132,7 @@ def digits_mlp(recipe: Recipe | None = None, *, cache: bool = True, progress: bo
                **fields) -> nn.Sequential:
     """The trained network of ``recipe`` (or ``Recipe(**fields)``), from the cache when it was made before."""
     if recipe is not None and fields:
-        raise TypeError(f"give a recipe or its fields, not both (got a recipe and {sorted(fields)})")
+        raise AlmostLinearError(f"give a recipe or its fields, not both (got a recipe and {sorted(fields)})")
     recipe = recipe or Recipe(**fields)
     path = cache_dir("zoo", "digits") / f"mlp-{recipe.key()}.safetensors"
     if cache and path.is_file():

@@ -12,51 +12,28 @@ a log-likelihood comparable with published ones. Seeding never touches torch's g
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core.errors import MissingDependencyError, ShapeError
+from ..core.digest import file_key
+from ..core.errors import AlmostLinearError, ShapeError
 from ..core.paths import cache_dir
 from ..core.threads import one_thread
+from .digits_data import DigitsSplit, digits
 
 VERSION = 1
 N_PIXELS = 64
 N_CLASSES = 10
-TEST_SHARE = 0.25
 
 
-@dataclass(frozen=True)
-class Digits:
-    """The 1797 digits, pixels in ``[0, 1]``, split once (seed 0) into train and test."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    digest: str  # hash of the pixels and labels, part of every cache key
-
-
-@lru_cache(maxsize=1)
-def load_digits() -> Digits:
-    try:
-        from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError as error:
-        raise MissingDependencyError("the digits come with scikit-learn: pip install scikit-learn") from error
-    bunch = sklearn_digits()
-    x = torch.tensor(bunch.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(bunch.target, dtype=torch.long)
-    digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    n_test = round(len(y) * TEST_SHARE)
-    test, train = order[:n_test], order[n_test:]
-    return Digits(x[train], y[train], x[test], y[test], digest)
+def load_digits() -> DigitsSplit:
+    """The digits as the VAE uses them: the ``"vae"`` split, pixels in ``[0, 1]``."""
+    return digits("vae")
 
 
 @dataclass(frozen=True)
@@ -72,8 +49,7 @@ class VAEConfig:
     seed: int = 0
 
     def key(self, digest: str) -> str:
-        payload = json.dumps({"v": VERSION, "data": digest, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return file_key(json.dumps({"v": VERSION, "data": digest, **dataclasses.asdict(self)}, sort_keys=True))
 
 
 class DigitsVAE(nn.Module):
@@ -111,7 +87,8 @@ class DigitsVAE(nn.Module):
     def loss(self, x: torch.Tensor, beta: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Negative ELBO per image (nats): Bernoulli reconstruction plus ``beta`` times the KL to N(0, I)."""
         if x.numel() and not (0 <= float(x.min()) and float(x.max()) <= 1):
-            raise ValueError(f"pixels must lie in [0, 1] (Bernoulli means), got {float(x.min())}..{float(x.max())}")
+            raise AlmostLinearError(f"pixels must lie in [0, 1] (Bernoulli means), got "
+                                    f"{float(x.min())}..{float(x.max())}; scale the images to [0, 1] first")
         mean, log_var = self.posterior(x)
         noise = torch.randn(mean.shape, generator=generator)
         z = mean + noise * (0.5 * log_var).exp()
@@ -135,7 +112,7 @@ def _save(model: nn.Module, path, meta: dict) -> None:
     tmp.replace(path)
 
 
-def train_vae(config: VAEConfig, data: Digits) -> DigitsVAE:
+def train_vae(config: VAEConfig, data: DigitsSplit) -> DigitsVAE:
     """Adam on the negative ELBO over the training digits, seeded."""
     with _seeded(config.seed):
         model = DigitsVAE(config.latent, config.hidden)
@@ -155,7 +132,7 @@ def train_vae(config: VAEConfig, data: Digits) -> DigitsVAE:
 def digits_vae(config: VAEConfig | None = None, *, cache: bool = True, **fields) -> DigitsVAE:
     """The trained VAE of ``config`` (or ``VAEConfig(**fields)``), from the cache when trained before."""
     if config is not None and fields:
-        raise TypeError(f"give either a VAEConfig or its fields, not both (got {sorted(fields)})")
+        raise AlmostLinearError(f"give either a VAEConfig or its fields, not both (got {sorted(fields)})")
     config = config or VAEConfig(**fields)
     data = load_digits()
     path = cache_dir("zoo", "vae") / f"vae-{config.key(data.digest)}.safetensors"
@@ -182,7 +159,7 @@ def make_scorer(seed: int = 0) -> nn.Sequential:
         return nn.Sequential(nn.Linear(N_PIXELS, 128), nn.ReLU(), nn.Linear(128, N_CLASSES))
 
 
-def train_scorer(data: Digits, *, epochs: int = 40, seed: int = 0) -> nn.Sequential:
+def train_scorer(data: DigitsSplit, *, epochs: int = 40, seed: int = 0) -> nn.Sequential:
     """A digit classifier (one hidden layer) to judge decoded images; trained on the VAE's training digits."""
     model = make_scorer(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -202,7 +179,7 @@ def train_scorer(data: Digits, *, epochs: int = 40, seed: int = 0) -> nn.Sequent
 def digits_scorer(*, cache: bool = True, seed: int = 0) -> nn.Sequential:
     """The cached digit classifier (logits ``[n, 10]`` from pixels in ``[0, 1]``)."""
     data = load_digits()
-    key = hashlib.sha256(f"scorer:{VERSION}:{seed}:{data.digest}".encode()).hexdigest()[:16]
+    key = file_key(f"scorer:{VERSION}:{seed}:{data.digest}")
     path = cache_dir("zoo", "vae") / f"scorer-{key}.safetensors"
     if cache and path.is_file():
         model = make_scorer(seed)
