@@ -12,7 +12,7 @@ from tiny_models import D_MLP, D_MODEL, build_model, make_tokenizer
 
 from almostlinear import add, intervene, locate, project_out, record, replace
 from almostlinear.core.collect import stream
-from almostlinear.core.errors import NonFiniteError, ShapeError, SiteError
+from almostlinear.core.errors import ChoiceError, NonFiniteError, ShapeError, SiteError
 from almostlinear.core.hooks import StopForward, position_mask
 from almostlinear.core.sites import Site
 
@@ -321,7 +321,7 @@ def test_integer_positions_as_arrays(tiny_tokenizer):
 def test_position_mask_without_attention_mask():
     chosen = position_mask("last", None, (2, 4), torch.device("cpu"))
     assert chosen.tolist() == [[False, False, False, True]] * 2
-    with pytest.raises(ShapeError, match="unknown position policy"):
+    with pytest.raises(ChoiceError, match="unknown position policy"):
         position_mask("middle", None, (2, 4), torch.device("cpu"))
     with pytest.raises(ShapeError):
         position_mask(lambda index, mask: torch.ones(3, dtype=torch.bool), None, (2, 4), torch.device("cpu"))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from almostlinear.core.errors import EmptyDataError, ShapeError
+from almostlinear.core.errors import ChoiceError, EmptyDataError, ShapeError
 from almostlinear.similarity import (
     MEASURES,
     kernel_stats,
@@ -76,9 +76,9 @@ def test_bad_input_is_refused():
         layer_similarity([layers[0], layers[1][:30]])
     with pytest.raises(EmptyDataError, match="no layers"):
         layer_similarity([])
-    with pytest.raises(ShapeError, match="measure"):
+    with pytest.raises(ChoiceError, match="measure"):
         layer_similarity(layers, measure="cosine")
-    with pytest.raises(ShapeError, match="method"):
+    with pytest.raises(ChoiceError, match="method"):
         layer_similarity(layers, method="fast")
     with pytest.raises(ShapeError, match="examples"):
         layer_similarity(layers, [x[:20] for x in layers])

@@ -4,7 +4,7 @@ import torch
 from scipy.spatial.distance import pdist, squareform
 from scipy.stats import pearsonr, rankdata, spearmanr
 
-from almostlinear.core.errors import EmptyDataError, ShapeError
+from almostlinear.core.errors import ChoiceError, EmptyDataError, ShapeError
 from almostlinear.similarity import rdm, rsa
 from almostlinear.similarity.rdms import average_ranks, upper_triangle
 
@@ -45,9 +45,9 @@ def test_mask_and_bad_input():
     assert rsa(x, y, mask=mask) == pytest.approx(rsa(x[mask], y[mask]), rel=1e-12)
     with pytest.raises(ShapeError, match="same examples"):
         rsa(x, y[:10])
-    with pytest.raises(ShapeError, match="metric"):
+    with pytest.raises(ChoiceError, match="metric"):
         rdm(x, metric="cosine")
-    with pytest.raises(ShapeError, match="comparison"):
+    with pytest.raises(ChoiceError, match="comparison"):
         rsa(x, y, compare="kendall")
     with pytest.raises(EmptyDataError, match="constant"):
         rdm(torch.ones(4, 3, dtype=torch.float64))

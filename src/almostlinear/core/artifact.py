@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import ArtifactError
+from .units import UNITS
 
 # Version 2: kinds named ``family.name``; provenance holds one ``where`` record instead of
 # ``site``/``layer``. Version 1 files are upgraded on load (:func:`_upgrade_v1`).
@@ -286,9 +287,12 @@ def _upgrade_v1(header: dict[str, Any]) -> dict[str, Any]:
     header = dict(header)
     header["kind"] = LEGACY_KINDS.get(header.get("kind"), header.get("kind"))
     provenance = dict(header.get("provenance", {}))
+    if provenance.get("units") not in UNITS:
+        provenance["units"] = None  # version 1 described units in prose; levers fill in their default
     site, layer = provenance.pop("site", None), provenance.pop("layer", None)
     if site is not None or layer is not None:
-        name, _, suffix = (site or "").partition(".")
+        site = (site or "").split(",")[-1]  # lenses wrote "resid_pre.0,resid_post.*": every resid_post
+        name, _, suffix = site.partition(".")
         layers = (layer,) if layer is not None else (int(suffix),) if suffix.lstrip("-").isdigit() else ()
         provenance["where"] = {"site": name or None, "layers": list(layers)}
     header["provenance"] = provenance

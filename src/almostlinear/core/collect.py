@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import EmptyDataError, NonFiniteError
+from .errors import EmptyDataError, NonFiniteError, ShapeError
 from .hooks import Positions, StopForward, position_mask, record
 from .locate import Structure, locate
 from .sites import Site, as_sites
@@ -120,7 +120,7 @@ def stream(model: nn.Module, tokenizer, texts: Sequence[str], sites, *, position
     if logits and structure.unembedding is None:
         raise EmptyDataError(f"{structure.model_type} has no output head, so there are no logits to read")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ShapeError(f"batch_size must be at least 1, got {batch_size}")
     device = model_device(model)
     policy = _skipping_first(positions) if skip_first else positions
     # A KV cache is useless for one pass over whole texts; building it costs time and memory.

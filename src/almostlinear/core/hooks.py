@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import NonFiniteError, ShapeError
+from .errors import ChoiceError, NonFiniteError, ShapeError
 from .locate import Structure, locate
 from .sites import Point, Site, as_sites
 
@@ -100,7 +100,7 @@ def position_mask(policy: Positions, attention_mask: torch.Tensor | None, shape:
             return mask & (torch.arange(seq, device=device) == last)
         if policy == "first":
             return mask & (index == 0)
-        raise ShapeError(f"unknown position policy {policy!r}: use 'all', 'last', 'first', ints or a function")
+        raise ChoiceError(f"unknown position policy {policy!r}: use 'all', 'last', 'first', ints or a function")
     if callable(policy):
         chosen = policy(index, mask)
         if chosen.shape != mask.shape:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from ..core.errors import EmptyDataError, NonFiniteError, ShapeError
+from ..core.errors import AlmostLinearError, EmptyDataError, NonFiniteError, ShapeError, check_choice
 
 Params = dict[str, torch.Tensor]
 Function = Callable[[Params], torch.Tensor]
@@ -185,13 +185,12 @@ def finetune_delta(loss: Callable[[Params], torch.Tensor] | None, params0: Param
     ``losses``, when given, receives the loss before each step.
     """
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        raise ShapeError(f"steps must be at least 1, got {steps}")
+    check_choice(optimizer, ("sgd", "adam"), "optimizer")
     if (linearised_f is None) != (linearised_loss is None):
-        raise ValueError("linearised fine-tuning needs both linearised_f and linearised_loss")
+        raise AlmostLinearError("linearised fine-tuning needs both linearised_f and linearised_loss")
     if linearised_f is None and loss is None:
-        raise ValueError("give a loss, or linearised_f and linearised_loss")
+        raise AlmostLinearError("give a loss, or linearised_f and linearised_loss")
     delta = {n: torch.zeros_like(p, requires_grad=True) for n, p in params0.items()}
     opt = torch.optim.SGD(delta.values(), lr=lr) if optimizer == "sgd" else torch.optim.Adam(delta.values(), lr=lr)
     bar = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.errors import EmptyDataError, ShapeError, check_choice
 from ._inputs import as_rows, centred, check_mask, require_variance
 from .cca import correlations_between, pwcca_between, subspace
 from .cka import row_norms
@@ -83,8 +83,7 @@ def kernel_stats(layers: Sequence[torch.Tensor], *, split: int | None = None, me
     the pairs across them and each layer with itself are needed; the feature route then skips the
     others (left NaN).
     """
-    if method not in ("auto", "features", "gram"):
-        raise ShapeError(f"method must be 'auto', 'features' or 'gram', got {method!r}")
+    check_choice(method, ("auto", "features", "gram"), "method")
     xs = _check_layers(layers, None, "layers")
     xs = [centred(x) for x in xs] if centre else xs
     n = xs[0].shape[0]
@@ -144,8 +143,7 @@ def layer_similarity(acts: Sequence[torch.Tensor] | torch.Tensor,
     ``"cca"`` (mean CCA), ``"svcca"``, ``"pwcca"`` (row layer's weights: not symmetric) or
     ``"rsa"`` (Spearman between RDMs). ``method`` picks the CKA route (``"features"``, ``"gram"``).
     """
-    if measure not in MEASURES:
-        raise ShapeError(f"unknown measure {measure!r}; choose one of {MEASURES}")
+    check_choice(measure, MEASURES, "measure")
     a = _check_layers(acts, mask, "acts")
     b = None if other is None else _check_layers(other, mask, "other")
     if b is not None and b[0].shape[0] != a[0].shape[0]:

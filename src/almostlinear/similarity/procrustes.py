@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ..core.errors import ShapeError
+from ..core.errors import check_choice
 from ._inputs import centred, paired, require_variance
 
 KINDS = ("squared", "angular", "scaled")
@@ -57,8 +57,7 @@ def procrustes_distance(x: torch.Tensor, y: torch.Tensor, *, mask: torch.Tensor 
     (arXiv 2110.14739), ``"scaled"`` is ``1 - s²`` (SciPy's disparity, which also fits a scale),
     where ``s`` is :func:`procrustes_similarity`.
     """
-    if kind not in KINDS:
-        raise ShapeError(f"unknown Procrustes distance kind {kind!r}; choose one of {KINDS}")
+    check_choice(kind, KINDS, "Procrustes distance kind")
     s = procrustes_similarity(x, y, mask=mask)
     if kind == "squared":
         return max(2.0 - 2.0 * s, 0.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import EmptyDataError, ShapeError
+from ..core.errors import EmptyDataError, ShapeError, check_choice
 from ._inputs import as_rows, check_mask
 
 METRICS = ("correlation", "euclidean")
@@ -20,8 +20,7 @@ COMPARISONS = ("spearman", "pearson")
 
 def rdm(x: torch.Tensor, *, metric: str = "correlation", mask: torch.Tensor | None = None) -> torch.Tensor:
     """``[n, n]`` dissimilarities between the rows of ``x`` (float64, zero diagonal)."""
-    if metric not in METRICS:
-        raise ShapeError(f"unknown RDM metric {metric!r}; choose one of {METRICS}")
+    check_choice(metric, METRICS, "RDM metric")
     x = as_rows(x, mask=mask)
     if metric == "euclidean":
         return torch.cdist(x, x).fill_diagonal_(0.0)
@@ -59,8 +58,7 @@ def standardised(values: torch.Tensor) -> torch.Tensor:
 
 def rdm_vector(x: torch.Tensor, metric: str, compare: str, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The standardised (and, for Spearman, ranked) upper triangle of ``x``'s RDM."""
-    if compare not in COMPARISONS:
-        raise ShapeError(f"unknown RDM comparison {compare!r}; choose one of {COMPARISONS}")
+    check_choice(compare, COMPARISONS, "RDM comparison")
     values = upper_triangle(rdm(x, metric=metric, mask=mask))
     if values.numel() < 2:
         raise EmptyDataError("RSA needs at least 3 examples (2 dissimilarities) to correlate")

@@ -73,7 +73,7 @@ class CoherenceScorer:
         if embeddings.dim() != 2 or embeddings.shape[0] < 2:
             raise ShapeError(f"expected embeddings [vocab ≥ 2, d], got shape {tuple(embeddings.shape)}")
         if n_random_sets < 2:
-            raise ValueError("the baseline needs at least two random sets")
+            raise ShapeError(f"the baseline needs at least two random sets, got n_random_sets={n_random_sets}")
         self.embeddings = embeddings.detach()
         # the mean embedding, removed before every cosine when ``center``; float64 sum, no copy of the matrix
         self.shift = self.embeddings.sum(0, dtype=torch.float64) / len(self.embeddings) if center else None

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.errors import LayerError, StructureError
+from ..core.errors import LayerError, StructureError, check_choice
 from ..core.locate import Block, Structure, is_linear, linear_shape, linear_weight, locate
 
 FUSED_LAYOUTS = ("blocked", "interleaved")
@@ -85,8 +85,7 @@ def _value_candidates(block: Block, d_model: int) -> list[tuple[str, nn.Module]]
 
 def head_layout(model: nn.Module, structure: Structure | None = None, fused_layout: str = "auto") -> HeadLayout:
     """Derive the :class:`HeadLayout`; ``fused_layout`` is ``"auto"``, ``"blocked"`` or ``"interleaved"``."""
-    if fused_layout not in ("auto", *FUSED_LAYOUTS):
-        raise ValueError(f"fused_layout must be 'auto', 'blocked' or 'interleaved', got {fused_layout!r}")
+    check_choice(fused_layout, ("auto", *FUSED_LAYOUTS), "fused_layout")
     structure = structure or locate(model)
     config = getattr(model, "config", None)
     n_heads = _config_int(config, _HEAD_KEYS)

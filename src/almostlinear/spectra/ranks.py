@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import NonFiniteError, ShapeError
+from ..core.errors import NonFiniteError, ShapeError, check_choice
 
 
 def _check_spectrum(singular_values: torch.Tensor) -> torch.Tensor:
@@ -75,9 +75,9 @@ def top_eigenvectors(gram: torch.Tensor, n: int, oversample: int = 6, tol: float
     """
     dim = gram.shape[-1]
     if not 1 <= n <= dim:
-        raise ValueError(f"n must be between 1 and {dim}, got {n}")
+        raise ShapeError(f"n must be between 1 and {dim}, got {n}")
     if max_iterations < 1:
-        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
+        raise ShapeError(f"max_iterations must be at least 1, got {max_iterations}")
     block = n + oversample
     if block >= dim:
         return torch.linalg.eigh(gram)[1].flip(-1)[..., :n].transpose(-1, -2)
@@ -109,8 +109,7 @@ def gram_svd(weight: torch.Tensor, side: str, dtype: torch.dtype = torch.float64
     """
     if weight.dim() < 2:
         raise ShapeError(f"expected a matrix [.., out, in], got shape {tuple(weight.shape)}")
-    if side not in ("in", "out"):
-        raise ValueError(f"side must be 'in' or 'out', got {side!r}")
+    check_choice(side, ("in", "out"), "side")
     if not torch.isfinite(weight).all():
         raise NonFiniteError("the weight contains NaN or infinite values")
     w = weight.to(dtype)

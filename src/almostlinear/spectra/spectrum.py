@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..core.errors import ShapeError
 from ..core.locate import Structure, is_linear, linear_shape, linear_weight, locate
 from .heads import HeadLayout, head_layout, ov_factors
 from .ranks import effective_rank, gram_svd, product_svd, stable_rank
@@ -48,7 +49,7 @@ class Spectrum:
 
 def _check_directions(n_directions: int) -> None:
     if n_directions < 1:
-        raise ValueError(f"n_directions must be at least 1, got {n_directions}")
+        raise ShapeError(f"n_directions must be at least 1, got {n_directions}")
 
 
 def _layers(structure: Structure, layers: Iterable[int] | None) -> list[int]:

@@ -74,7 +74,7 @@ class TokenReader:
     def top_ids(self, directions: torch.Tensor, k: int = 10, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
         """Ids ``[n, k]`` of the top tokens of ``+v`` and of ``−v``, computed in chunks to bound memory."""
         if not 1 <= k <= self.unembedding.shape[0]:
-            raise ValueError(f"k must be between 1 and the vocabulary size {self.unembedding.shape[0]}, got {k}")
+            raise ShapeError(f"k must be between 1 and the vocabulary size {self.unembedding.shape[0]}, got {k}")
         folded = self.folded(directions)
         positive, negative = [], []
         for start in range(0, len(folded), chunk):
