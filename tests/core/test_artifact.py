@@ -247,9 +247,10 @@ def test_every_family_kind_is_known_to_a_fresh_process():
     code = (
         "from almostlinear.core.artifact import registered_kinds\n"
         "kinds = set(registered_kinds())\n"
-        "expected = {'linear-probe', 'truth-direction', 'affine-lens', 'tuned-lens', 'steering-vector',\n"
-        "            'directional-ablation', 'leace-eraser', 'editing.key_statistics', 'editing.low_rank',\n"
-        "            'editing.rank_one', 'task_vector', 'permutation', 'latent-direction', 'linear-map', 'sae'}\n"
+        "expected = {'probes.linear', 'truth.direction', 'lens.affine', 'lens.tuned', 'steering.vector',\n"
+        "            'steering.ablation', 'erasure.leace', 'editing.key_statistics', 'editing.low_rank',\n"
+        "            'editing.rank_one', 'merging.task_vector', 'connectivity.permutation',\n"
+        "            'latent.attribute_direction', 'translate.linear_map', 'sae.autoencoder', 'sae.latent_direction'}\n"
         "assert expected <= kinds, sorted(expected - kinds)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from almostlinear.data import Fact, city_country_facts, country_capital_facts
 from almostlinear.data.facts import CAPITAL_OF_COUNTRY, CITY_IN_COUNTRY, fold, is_plain
 
@@ -59,3 +62,14 @@ def test_capital_facts():
     subjects = {f.subject for f in facts}
     assert not subjects & {"Serbia and Montenegro", "Scotland", "Burma", "Singapore"}
     assert facts == country_capital_facts()
+
+
+def test_importing_data_loads_nothing_and_every_public_name_resolves():
+    code = (
+        "import sys, types\n"
+        "import almostlinear.data as package\n"
+        "assert 'torch' not in sys.modules, 'importing the package imported torch'\n"
+        "for name in package.__all__:  # a name shadowed by its submodule would come back as a module\n"
+        "    assert not isinstance(getattr(package, name), types.ModuleType), name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

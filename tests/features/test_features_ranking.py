@@ -1,5 +1,8 @@
 """Neuron ranking against scikit-learn and SciPy, and a planted neuron found first."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from scipy.stats import pointbiserialr
@@ -79,3 +82,14 @@ def test_a_sentiment_neuron_in_smollm2(smollm2):
     views = compare_views(x[~te], y[~te], x[te], y[te], ks=(1, 16))
     assert views.best_neuron_auroc > 0.75  # one neuron, chosen on other words, reads sentiment
     assert views.probe > 0.75
+
+
+def test_importing_features_loads_nothing_and_every_public_name_resolves():
+    code = (
+        "import sys, types\n"
+        "import almostlinear.features as package\n"
+        "assert 'torch' not in sys.modules, 'importing the package imported torch'\n"
+        "for name in package.__all__:  # a name shadowed by its submodule would come back as a module\n"
+        "    assert not isinstance(getattr(package, name), types.ModuleType), name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

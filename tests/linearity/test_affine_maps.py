@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import torch
 from hypothesis import given, settings
@@ -53,3 +56,14 @@ def test_residual_moments_equal_direct_moments(seed):
     direct = _moments(x, x + delta)
     for name in ("mean_y", "sxx_", "syy_", "sxy_"):
         assert torch.allclose(getattr(derived, name), getattr(direct, name), atol=1e-9, rtol=1e-9)
+
+
+def test_importing_linearity_loads_nothing_and_every_public_name_resolves():
+    code = (
+        "import sys, types\n"
+        "import almostlinear.linearity as package\n"
+        "assert 'torch' not in sys.modules, 'importing the package imported torch'\n"
+        "for name in package.__all__:  # a name shadowed by its submodule would come back as a module\n"
+        "    assert not isinstance(getattr(package, name), types.ModuleType), name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

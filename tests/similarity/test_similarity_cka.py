@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -132,3 +135,14 @@ def test_bad_input_is_refused():
         stream.update(bad, y)
     with pytest.raises(EmptyDataError):
         stream.result()
+
+
+def test_importing_similarity_loads_nothing_and_every_public_name_resolves():
+    code = (
+        "import sys, types\n"
+        "import almostlinear.similarity as package\n"
+        "assert 'torch' not in sys.modules, 'importing the package imported torch'\n"
+        "for name in package.__all__:  # a name shadowed by its submodule would come back as a module\n"
+        "    assert not isinstance(getattr(package, name), types.ModuleType), name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,5 +1,8 @@
 """Spectral maths against closed forms, SciPy and dense decompositions."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -119,3 +122,14 @@ def test_gram_svd_rejects_bad_input():
         gram_svd(torch.randn(3), "in")
     with pytest.raises(NonFiniteError):
         gram_svd(torch.full((3, 3), float("inf")), "in")
+
+
+def test_importing_spectra_loads_nothing_and_every_public_name_resolves():
+    code = (
+        "import sys, types\n"
+        "import almostlinear.spectra as package\n"
+        "assert 'torch' not in sys.modules, 'importing the package imported torch'\n"
+        "for name in package.__all__:  # a name shadowed by its submodule would come back as a module\n"
+        "    assert not isinstance(getattr(package, name), types.ModuleType), name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -84,3 +86,14 @@ def test_fine_tune_starts_from_parent(cache):
     child = parent.fine_tune(epochs=1, classes=(3,), lr=0.0)  # zero learning rate: weights unchanged
     for a, b in zip(digits_mlp(parent).parameters(), digits_mlp(child).parameters()):
         assert torch.equal(a, b)
+
+
+def test_importing_zoo_loads_nothing_and_every_public_name_resolves():
+    code = (
+        "import sys, types\n"
+        "import almostlinear.zoo as package\n"
+        "assert 'torch' not in sys.modules, 'importing the package imported torch'\n"
+        "for name in package.__all__:  # a name shadowed by its submodule would come back as a module\n"
+        "    assert not isinstance(getattr(package, name), types.ModuleType), name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

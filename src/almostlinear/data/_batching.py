@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from almostlinear.core.errors import AlmostLinearError
+from ..core.errors import AlmostLinearError
 
 
 @contextmanager

@@ -15,28 +15,12 @@ from typing import Any
 
 import torch
 
-from almostlinear.core.errors import AlmostLinearError, EmptyDataError
-from almostlinear.data._batching import left_padded
-from almostlinear.data.facts import Fact
+from ..core.errors import AlmostLinearError, EmptyDataError
+from ..core.tokens import first_answer_token
+from ._batching import left_padded
+from .facts import Fact
 
 CITY_PROMPT = "The city of {subject} is in the country of"
-
-
-def _first_token(tokenizer: Any, context: str, answer: str) -> int:
-    """Id of the first token ``" " + answer`` contributes after ``context``.
-
-    Encoding the answer inside its context (rather than alone) gives the right id for both
-    byte-level BPE (" Russia" -> "ĠRussia") and SentencePiece tokenizers, which mark spaces
-    differently at the start of a string.
-    """
-    head = tokenizer(context, add_special_tokens=False)["input_ids"]
-    full = tokenizer(context + " " + answer, add_special_tokens=False)["input_ids"]
-    i = 0
-    while i < min(len(head), len(full)) and head[i] == full[i]:
-        i += 1
-    if i >= len(full):
-        raise AlmostLinearError(f"Answer {answer!r} adds no token after {context!r}.")
-    return int(full[i])
 
 
 def _accepts(model: Any, name: str) -> bool:
@@ -70,7 +54,7 @@ def known_facts(
         raise AlmostLinearError(f"top_k and batch_size must be >= 1; got {top_k} and {batch_size}.")
     context = prompt.format(subject=facts[0].subject)
     answers = sorted({f.answer for f in facts})
-    answer_token = {a: _first_token(tokenizer, context, a) for a in answers}
+    answer_token = {a: first_answer_token(tokenizer, context, a) for a in answers}
     candidates = sorted(set(answer_token.values()))
     column = {tok: j for j, tok in enumerate(candidates)}
     if device is None:

@@ -7,7 +7,6 @@ per model fingerprint. ``FALLBACK_TEXTS`` serve tests and models that cannot gen
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -16,8 +15,9 @@ from typing import Any
 
 import torch
 
-from almostlinear.core.errors import AlmostLinearError, EmptyDataError
-from almostlinear.data._batching import left_padded
+from ..core.digest import file_key
+from ..core.errors import AlmostLinearError, EmptyDataError
+from ._batching import left_padded
 
 NEUTRAL_SEEDS: tuple[str, ...] = (
     "The history of the bicycle",
@@ -145,10 +145,9 @@ def generate_neutral_texts(
 
 
 def _cache_file(cache_key: str, n: int, max_new_tokens: int, seed: int) -> Path:
-    from almostlinear.core.paths import cache_dir
+    from ..core.paths import cache_dir
 
-    ident = json.dumps([cache_key, n, max_new_tokens, seed])
-    return cache_dir("texts") / f"neutral-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
+    return cache_dir("texts") / f"neutral-{file_key(json.dumps([cache_key, n, max_new_tokens, seed]))}.json"
 
 
 def _read(path: Path, n: int) -> list[str] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
-from almostlinear.core.errors import MissingDependencyError
+from ..core.errors import MissingDependencyError
 
 SENTIMENT_PAIRS: tuple[tuple[str, str], ...] = (
     ("I loved the film, it was wonderful.", "I hated the film, it was awful."),

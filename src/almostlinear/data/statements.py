@@ -13,8 +13,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from almostlinear.core.errors import AlmostLinearError, EmptyDataError
-from almostlinear.data.facts import Fact, city_country_facts, country_capital_facts
+from ..core.errors import AlmostLinearError, EmptyDataError
+from .facts import Fact, city_country_facts, country_capital_facts
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from ..core.errors import AlmostLinearError, EmptyDataError, NonFiniteError
-from .state_dicts import check_compatible
+from .compat import check_compatible
 
 Tensor = torch.Tensor
 

@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from ..core.errors import AlmostLinearError, EmptyDataError, ShapeError
+from ..core.errors import AlmostLinearError, EmptyDataError, NonFiniteError, ShapeError
 from ..core.linalg import spd_solve
-from .state_dicts import check_compatible, merge_state_dicts
+from . import methods
+from .compat import check_compatible
 
 Tensor = torch.Tensor
 
@@ -47,8 +48,8 @@ def regmean_merge(state_dicts: Sequence[Mapping[str, Tensor]], grams: Sequence[M
     :func:`collect_grams` returns) by RegMean, everything else by the plain average."""
     if len(state_dicts) != len(grams):
         raise AlmostLinearError(f"{len(state_dicts)} state dicts but {len(grams)} sets of Gram matrices")
-    check_compatible(state_dicts)
-    out = merge_state_dicts("linear", state_dicts)
+    keys = check_compatible(state_dicts)
+    out = {k: _average([sd[k].detach() for sd in state_dicts], k) for k in keys}
     for name in grams[0]:
         if any(name not in g for g in grams):
             raise ShapeError(f"Gram matrix for {name!r} is missing for some model")
@@ -106,3 +107,15 @@ def collect_grams(model: torch.nn.Module, batches: Iterable[Mapping[str, Tensor]
         for h in handles:
             h.remove()
     return grams
+
+
+def _average(tensors: list[Tensor], name: str) -> Tensor:
+    """The plain average (``merge_state_dicts("linear", ...)`` for one tensor), for tensors RegMean leaves."""
+    if not tensors[0].is_floating_point():
+        if any(not torch.equal(t, tensors[0]) for t in tensors):
+            raise AlmostLinearError(f"non-float tensor {name!r} differs between models and cannot be merged")
+        return tensors[0].clone()
+    merged = methods.linear(tensors, [1.0] * len(tensors), normalize=True)
+    if not torch.isfinite(merged).all():
+        raise NonFiniteError(f"merging tensor {name!r} with linear gave NaN or infinite values")
+    return merged
