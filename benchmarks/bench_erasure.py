@@ -157,7 +157,7 @@ def measure_levers(n_statements: int, n_neutral: int, log) -> dict:
     neutral = data.neutral_texts(model, tok, 48, max_new_tokens=80, cache_key=lm.fingerprint)[:n_neutral]
     levers = {"ablate_mean_diff_all_layers": lambda: ablate(lm, mean_diff),
               "ablate_random_all_layers": lambda: ablate(lm, random_dir)}
-    levers.update({f"erase_{k}": (lambda e=e: e.apply(lm, check_fingerprint=False)) for k, e in erasers.items()})
+    levers.update({f"erase_{k}": (lambda e=e: e.apply(lm)) for k, e in erasers.items()})
     costs = side_effects_many(lm, None, neutral, levers, max_length=64)
     out["costs"] = {k: v.as_dict() for k, v in costs.items()}
     for name, cost in costs.items():

@@ -174,7 +174,7 @@ def demo(args) -> int:
     base = sentiment(loaded.model, loaded.tokenizer, prompts)
     for method in ("mean_diff", "pca", "pca_uncentred", "probe"):
         v = vec if method == "mean_diff" else fit_steering(loaded, pairs=S.SENTIMENT_PAIRS, layer=layer, method=method)
-        with v.apply(loaded, 0.1, check=False):
+        with v.apply(loaded, 0.1):
             effect = float((sentiment(loaded.model, loaded.tokenizer, prompts) - base).mean())
         methods[method] = {"cosine_with_mean_diff": v.cosine(vec), "effect_at_0.1": effect}
     out["methods"] = methods
@@ -296,8 +296,7 @@ def main() -> int:
     def steered(policy):
         def run(u):
             lengths = encoded[u]["attention_mask"].sum(-1)
-            with torch.inference_mode(), vector.apply(model, args.strength, positions=policy, prompt_lengths=lengths,
-                                                      check=False):
+            with torch.inference_mode(), vector.apply(model, args.strength, positions=policy, prompt_lengths=lengths):
                 return model.generate(**encoded[u], **settings)
         return run
 

@@ -148,7 +148,8 @@ def test_tangent_section_on_a_tiny_model():
     loaded = LoadedModel(build_model("llama"), make_tokenizer(), "tiny", "memory", "causal-lm")
     state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     implementation = loaded.model.config._attn_implementation
-    budget = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40)
+    budget = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40,
+                    quick_mode=True)
     ctx = AuditContext(loaded, budget, progress=lambda _: None, sources={"neutral": _texts(24)})
     (result,) = run_sections(ctx, [TangentSection()], lambda source: ctx.sources[source])
     assert result.status == "ok", result.notes
@@ -169,7 +170,8 @@ def test_tangent_section_on_a_tiny_model():
 @pytest.mark.real
 def test_tangent_section_on_smollm2(smollm2):
     texts = list(ENGLISH_TEXTS)
-    budget = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40)
+    budget = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40,
+                    quick_mode=True)
     ctx = AuditContext(smollm2, budget, progress=lambda _: None, sources={"neutral": texts})
     (result,) = run_sections(ctx, [TangentSection()], lambda source: ctx.sources[source])
     assert result.status == "ok", result.notes

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy.linalg import orthogonal_procrustes
 from scipy.spatial import procrustes as scipy_procrustes
 
-from almostlinear.core.errors import ShapeError
+from almostlinear.core.errors import ChoiceError
 from almostlinear.similarity import procrustes_distance, procrustes_similarity
 from almostlinear.similarity.procrustes import normalised, nuclear_alignment
 
@@ -75,5 +75,5 @@ def test_a_rotated_copy_has_distance_zero_and_unknown_kind_is_refused():
     x = torch.tensor(x)
     q = torch.linalg.qr(torch.tensor(np.random.default_rng(4).normal(size=(6, 6))))[0]
     assert procrustes_distance(x, 3 * x @ q) == pytest.approx(0.0, abs=1e-12)
-    with pytest.raises(ShapeError, match="kind"):
+    with pytest.raises(ChoiceError, match="kind"):
         procrustes_distance(x, x, kind="cosine")

@@ -37,16 +37,20 @@ def _pin(tensor):
 
 
 def test_named_splits_and_cache_keys_are_those_the_cached_networks_were_made_with():
-    # Pinned from the two loaders these splits replaced: a changed split or key would silently
+    # Pinned from the three loaders these splits replaced: a changed split or key would silently
     # retrain every cached network and move every number that rests on them.
-    assert SPLITS == ("mlp", "vae") and digits() is digits("mlp")
-    mlp, vae = digits("mlp"), digits("vae")
+    assert SPLITS == ("mlp", "vae", "tangent") and digits() is digits("mlp") is digits("mlp", seed=0)
+    mlp, vae, tangent = digits("mlp"), digits("vae"), digits("tangent")
     assert [_pin(t) for t in (mlp.x_train, mlp.x_val, mlp.x_test, mlp.y_test)] == [
         "3a521078df4e5f11", "7bbbd47a5e305136", "e68e2ed7fe4d8803", "55fb24d73fa3d854"]
     assert [_pin(t) for t in (vae.x_train, vae.x_test, vae.y_test)] == [
         "0c1cd5aeb017d1e7", "bb31c2bc50bcb519", "067aade3f8b7ad41"]
     assert (len(vae.y_train), len(vae.y_val), len(vae.y_test)) == (1348, 0, 449)
     assert float(vae.x_train.min()) == 0 and float(vae.x_train.max()) == 1  # pixels in [0, 1]
+    assert [_pin(t) for t in (tangent.x_train, tangent.x_test, tangent.y_test)] == [
+        "75a2072ef5236c64", "e62aa733270d5405", "d5f9b0b6f23cd8cd"]
+    assert (len(tangent.y_train), len(tangent.y_test)) == (1200, 597)
+    assert not torch.equal(digits("tangent", seed=1).y_test, tangent.y_test)  # the seed reshuffles
     assert mlp.digest == vae.digest == "8b3b6ae90863430b"
     assert Recipe().key() == "82fc51af10faac35" and VAEConfig().key(vae.digest) == "fb4931f2b7771daa"
     with pytest.raises(ChoiceError, match="mlp"):

@@ -18,6 +18,7 @@ from ..core.section import AuditContext, Section
 from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import model_device, tokenize
 from ..core.threads import one_thread
+from ..zoo.digits_data import digits
 from .tangent import (
     TaskAddition,
     finetune_delta,
@@ -34,10 +35,6 @@ ALPHAS = (1.0, 4.0, 16.0, 64.0)
 LR = 3e-4
 
 
-def _quick(ctx: AuditContext) -> bool:
-    return ctx.budget.neutral_texts <= 48
-
-
 def down_projection_names(model: nn.Module, structure, blocks) -> list[str]:
     """Parameter names of the MLP down-projection weights of the given blocks."""
     names = {id(module): name for name, module in model.named_modules()}
@@ -45,18 +42,6 @@ def down_projection_names(model: nn.Module, structure, blocks) -> list[str]:
 
 
 # -- the digits experiment -----------------------------------------------------------------------
-
-
-def _digits(seed: int):
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x, dtype=torch.float32)
-    y = torch.tensor(y)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    train, test = order[:1200], order[1200:]
-    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-3)  # training statistics only: test rows stay unseen
-    return x, y, train, test
 
 
 def digit_task_arithmetic(seed: int = 0, steps: int = 60, alpha: float = 1.0,
@@ -67,31 +52,30 @@ def digit_task_arithmetic(seed: int = 0, steps: int = 60, alpha: float = 1.0,
     Adam on its own digits, either on the real network (``"standard"``) or on its linearisation at
     the start (``"linearised"``); both are then added. Scores are held-out accuracies within each task.
     """
-    x, y, train, test = _digits(seed)
+    d = digits("tangent", seed)
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(64, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 10))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    start = train[:150]
     for _ in range(20):
         opt.zero_grad()
-        F.cross_entropy(net(x[start]), y[start]).backward()
+        F.cross_entropy(net(d.x_train[:150]), d.y_train[:150]).backward()
         opt.step()
     params0 = select_parameters(net, lambda _name, _p: True)
     tasks = [torch.arange(0, 5), torch.arange(5, 10)]
 
     def task_loss(out: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        chosen = torch.isin(y[train], classes)
-        return F.cross_entropy(out[chosen][:, classes], y[train][chosen] - classes[0])
+        chosen = torch.isin(d.y_train, classes)
+        return F.cross_entropy(out[chosen][:, classes], d.y_train[chosen] - classes[0])
 
     def score(classes: torch.Tensor):
-        chosen = torch.isin(y[test], classes)
+        chosen = torch.isin(d.y_test, classes)
 
         def accuracy(out: torch.Tensor) -> float:
-            return float((out[chosen][:, classes].argmax(1) == y[test][chosen] - classes[0]).float().mean())
+            return float((out[chosen][:, classes].argmax(1) == d.y_test[chosen] - classes[0]).float().mean())
 
         return accuracy
 
-    f_train, f_test = module_function(net, x[train]), module_function(net, x[test])
+    f_train, f_test = module_function(net, d.x_train), module_function(net, d.x_test)
     results = {}
     for mode in ("standard", "linearised"):
         deltas = []
@@ -127,7 +111,7 @@ class TangentSection(Section):
 
     def _model_profile(self, ctx: AuditContext, result: SectionResult) -> None:
 
-        quick = _quick(ctx)
+        quick = ctx.quick
         loaded, structure = ctx.loaded, ctx.structure
         texts = ctx.texts("neutral")
         if len(texts) < 2:
@@ -181,7 +165,7 @@ class TangentSection(Section):
         )
 
     def _digits(self, ctx: AuditContext, result: SectionResult) -> None:
-        steps = 20 if ctx.budget.neutral_texts <= 8 else 30 if _quick(ctx) else 150
+        steps = 20 if ctx.budget.neutral_texts <= 8 else 30 if ctx.quick else 150
         found = digit_task_arithmetic(seed=ctx.seed, steps=steps)
         summary = {}
         for mode, r in found.items():

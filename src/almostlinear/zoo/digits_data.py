@@ -1,16 +1,20 @@
 """scikit-learn's bundled 8x8 digits (1797 images), loaded once and cut into fixed, named splits.
 
-=======  ========================================================================================
-split    what it holds
-=======  ========================================================================================
-``mlp``  1200 train, 200 validation, 397 test images, shuffled by numpy seed 0, pixels
-         standardised with the training statistics: the split every digits MLP uses
-``vae``  the images shuffled by a torch generator of seed 0, a quarter to test and the rest to
-         train (no validation), pixels in ``[0, 1]``: what the VAE and its digit classifier use
-=======  ========================================================================================
+===========  ====================================================================================
+split        what it holds
+===========  ====================================================================================
+``mlp``      1200 train, 200 validation, 397 test images, shuffled by numpy's ``RandomState(seed)``,
+             pixels scaled to ``[0, 1]`` and standardised with the training statistics (spread
+             floored at 0.1): the split every digits MLP uses
+``vae``      shuffled by a torch generator, a quarter to test and the rest to train (no validation),
+             pixels in ``[0, 1]``: what the VAE and its digit classifier use
+``tangent``  shuffled by a torch generator, 1200 train and 597 test images (no validation), grey
+             levels standardised with the training mean and spread + 0.001: the tangent section's
+             digits task arithmetic
+===========  ====================================================================================
 
-Each split is fixed so that results compare across runs and machines, and each stays as its first
-caller made it, because cached networks and reported numbers rest on it.
+Each split is fixed by its seed (0 unless given) so that results compare across runs and machines,
+and each stays as its first caller made it, because cached networks and reported numbers rest on it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from ..core.digest import PREFIX, digest
 from ..core.errors import MissingDependencyError, check_choice
 
-SPLITS = ("mlp", "vae")
+SPLITS = ("mlp", "vae", "tangent")
 N_TRAIN = 1200
 N_VAL = 200
 SPLIT_SEED = 0
@@ -67,10 +71,10 @@ def _raw() -> tuple[np.ndarray, np.ndarray]:
     return bunch.data, bunch.target
 
 
-def _mlp_split(data: np.ndarray, target: np.ndarray, key: str) -> DigitsSplit:
+def _mlp_split(data: np.ndarray, target: np.ndarray, seed: int, key: str) -> DigitsSplit:
     x = data.astype(np.float64) / 16.0
     y = target.astype(np.int64)
-    order = np.random.RandomState(SPLIT_SEED).permutation(len(y))
+    order = np.random.RandomState(seed).permutation(len(y))
     x, y = x[order], y[order]
     mean = x[:N_TRAIN].mean(0)
     std = np.maximum(x[:N_TRAIN].std(0), MIN_STD)
@@ -80,23 +84,38 @@ def _mlp_split(data: np.ndarray, target: np.ndarray, key: str) -> DigitsSplit:
     return DigitsSplit(xt[:a], yt[:a], xt[a:b], yt[a:b], xt[b:], yt[b:], "mlp", key)
 
 
-def _vae_split(x: torch.Tensor, y: torch.Tensor, key: str) -> DigitsSplit:
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
+def _no_validation(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(0, x.shape[1], dtype=x.dtype), torch.zeros(0, dtype=y.dtype)
+
+
+def _vae_split(x: torch.Tensor, y: torch.Tensor, seed: int, key: str) -> DigitsSplit:
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_test = round(len(y) * TEST_SHARE)
     test, train = order[:n_test], order[n_test:]
-    none = torch.zeros(0, x.shape[1], dtype=x.dtype), torch.zeros(0, dtype=y.dtype)
-    return DigitsSplit(x[train], y[train], *none, x[test], y[test], "vae", key)
+    return DigitsSplit(x[train], y[train], *_no_validation(x, y), x[test], y[test], "vae", key)
 
 
-def digits(split: str = "mlp") -> DigitsSplit:
+def _tangent_split(data: np.ndarray, target: np.ndarray, seed: int, key: str) -> DigitsSplit:
+    x, y = torch.tensor(data, dtype=torch.float32), torch.tensor(target)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    train, test = order[:N_TRAIN], order[N_TRAIN:]
+    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-3)
+    return DigitsSplit(x[train], y[train], *_no_validation(x, y), x[test], y[test], "tangent", key)
+
+
+def digits(split: str = "mlp", seed: int = SPLIT_SEED) -> DigitsSplit:
     """The digits cut into the named ``split`` (see the table above); the same object on every call."""
-    return _split(check_choice(split, SPLITS, "digits split"))
+    return _split(check_choice(split, SPLITS, "digits split"), int(seed))
 
 
 @lru_cache(maxsize=None)
-def _split(name: str) -> DigitsSplit:
+def _split(name: str, seed: int) -> DigitsSplit:
     data, target = _raw()
     x = torch.tensor(data, dtype=torch.float32) / 16.0
     y = torch.tensor(target, dtype=torch.long)
     key = digest(x.numpy().tobytes(), y.numpy().tobytes())[len(PREFIX):]
-    return _mlp_split(data, target, key) if name == "mlp" else _vae_split(x, y, key)
+    if name == "mlp":
+        return _mlp_split(data, target, seed, key)
+    if name == "vae":
+        return _vae_split(x, y, seed, key)
+    return _tangent_split(data, target, seed, key)
