@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from almostlinear.audit import Budget, run_audit
+from almostlinear.audit import run_audit
+from almostlinear.core.section import Budget
 from almostlinear.core.report import SCHEMA_VERSION
 from almostlinear.cli import main
 from almostlinear.core.errors import NonFiniteError

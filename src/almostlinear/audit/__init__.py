@@ -1,25 +1,14 @@
 """``almostlinear audit``: how linear is this network, beside what the literature reports.
 
 The section contract lives in :mod:`almostlinear.core.section` and :mod:`almostlinear.core.report`,
-below the families; this package is the runner, which imports every family's section, so its
-names load on first use.
+below the families; this package is the runner, which imports every family's section. Names load
+on first use.
 """
 
-from ..core.report import Figure, Metric, SectionResult, Series
-from ..core.section import AuditContext, Budget, Need, Section
+from ..core.lazy import lazy_exports
 
-_LAZY = {
-    "SECTIONS": "registry", "make_sections": "registry", "section_ids": "registry",
-    "AuditReport": "run", "run_audit": "run",
-}
-
-__all__ = ["SECTIONS", "AuditContext", "AuditReport", "Budget", "Figure", "Metric", "Need", "Section",
-           "SectionResult", "Series", "make_sections", "run_audit", "section_ids"]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "registry": ("SECTIONS", "make_sections", "section_ids"),
+    "run": ("AuditReport", "run_audit"),
+    "plan": ("run_sections",),
+})
