@@ -32,4 +32,8 @@ def test_steering_vectors_per_layer():
     assert choice.test_kl == pytest.approx(choice.lever.side_effects(model, test, choice.strength, tokenizer=tokenizer,
                                                                      max_length=64).kl, rel=1e-9)
     report = interference(vectors, model, tokenizer, neutral, strengths=0.01)
-    assert report.gap < 0.05 and report.no_footprint == ("0", "1")
+    assert report.gap < 0.05 and report.no_footprint == ()
+    # each vector offers its direction as a footprint: the overlap is the cosine between the two directions
+    (overlap,) = report.overlaps
+    expected = abs(float(vectors[0].direction.double() @ vectors[1].direction.double()))
+    assert overlap.cosines[0] == pytest.approx(expected, abs=1e-6)

@@ -228,3 +228,17 @@ def test_the_suite_covers_the_architectures():
     assert {"llama", "gpt2", "gpt_neox", "qwen2", "gemma"} <= set(CAUSAL_ARCHITECTURES)
     assert MOE_ARCHITECTURES and set(MOE_ARCHITECTURES) <= set(CAUSAL_ARCHITECTURES)
     assert len(TEXTS) >= 4
+
+
+@pytest.mark.parametrize("kind", sorted(LEVERS))
+def test_a_footprint_where_offered_is_readable(kind):
+    from almostlinear.calibrate.footprint import as_footprint
+
+    case = build_case(kind, "llama")
+    if not hasattr(case.artifact, "footprint"):
+        pytest.skip(f"{kind} declares no footprint (it acts on whole weight matrices)")
+    offered = case.artifact.footprint()
+    prints = [as_footprint(f) for f in (offered if isinstance(offered, list) else [offered])]
+    structure = case.model.config
+    assert prints and all(p.width in (structure.hidden_size, structure.intermediate_size) for p in prints)
+    assert {p.role for p in prints} <= {"reads", "writes"}

@@ -148,6 +148,14 @@ class LowRankEdit(Artifact):
         view, names, change = self._prepare(model, strength, strict, structure)
         return temporarily_changed(view, names, change)
 
+    def footprint(self) -> list[dict]:
+        """Per edited layer: the keys it reads (rows of ``a``) and the residual directions it writes (columns of ``b``)."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            out.append({"where": Where("mlp_key", (layer,)), "basis": self.a[i], "role": "reads"})
+            out.append({"where": Where("mlp_out", (layer,)), "basis": self.b[i].T, "role": "writes"})
+        return out
+
     def bake_(self, model: Any, strength: float = 1.0, *, strict: bool = True,
               structure: Structure | None = None) -> Baked:
         """Make the edit permanent; the returned record's ``undo_()`` reverses it exactly.

@@ -187,6 +187,17 @@ class LeaceEraser(Artifact):
         with intervene(view.module, edits, positions=positions, structure=view.structure):
             yield view.module
 
+    def footprint(self) -> list[dict]:
+        """Per site: the span the eraser reads (rows of ``right``) and writes (columns of ``left``)."""
+        out = []
+        for i, site in enumerate(self.sites):
+            r = self.ranks[i]
+            if r:
+                where = Where.at(site)
+                out.append({"where": where, "basis": self.right[i, :r], "role": "reads"})
+                out.append({"where": where, "basis": self.left[i, :, :r].T, "role": "writes"})
+        return out
+
     def bake_(self, model, strength: float = 1.0, **options) -> Baked:
         """Refused: LEACE has no exact form in the weights (see the module docstring). Changes nothing."""
         raise LeverError("a LEACE eraser cannot be baked: it is an oblique affine map applied at one site "

@@ -219,6 +219,10 @@ class LatentDirection(Artifact):
         with add(view.module, chosen, self.vector(value), positions=positions, structure=view.structure):
             yield view.module
 
+    def footprint(self) -> dict:
+        """What the latent writes: its decoder direction at the SAE's site (for interference reports)."""
+        return {"where": self.provenance.where, "basis": self.direction[None], "role": "writes"}
+
     def bake_(self, model: Any, strength: float = 1.0, **options: Any) -> Baked:
         """Refused: a vector added at a site, on chosen positions, is not a bias of every architecture
         (norms after a sublayer, parallel blocks), so there is no exact bake."""

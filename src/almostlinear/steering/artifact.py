@@ -181,6 +181,10 @@ class SteeringVector(Artifact):
         check_fingerprint(self, view, strict=strict)
         return bake_bias_(view, self.site, self.layer, value, kind=self.kind)
 
+    def footprint(self) -> dict:
+        """What the vector writes: its direction at its site (for interference reports)."""
+        return {"where": self.provenance.where, "basis": self.direction[None], "role": "writes"}
+
     def side_effects(self, model, texts: Sequence[str], strength: float = 1.0, *, tokenizer=None, positions=None,
                      units: str | None = None, max_length: int = 128, batch_size: int = 8):
         """KL(base || steered) and cross-entropy change on ``texts`` at ``strength`` (see :mod:`.cost`)."""
@@ -253,6 +257,11 @@ class DirectionalAblation(Artifact):
                                 data_hash=data_hash, units="fraction",
                                 extra={"ablated_sites": list(ABLATED_SITES)})
         return cls(basis, tuple(layers or ()), provenance=provenance)
+
+    def footprint(self) -> list[dict]:
+        """The span it removes from the residual stream: read there and written back (for interference)."""
+        where = Where("resid_pre", tuple(self.layers))
+        return [{"where": where, "basis": self.directions, "role": role} for role in ("reads", "writes")]
 
     @contextlib.contextmanager
     def apply(self, model, strength: float = 1.0, *, positions: Positions = "all",
