@@ -236,7 +236,7 @@ def test_a_footprint_where_offered_is_readable(kind):
 
     case = build_case(kind, "llama")
     if not hasattr(case.artifact, "footprint"):
-        pytest.skip(f"{kind} declares no footprint (it acts on whole weight matrices)")
+        pytest.skip(f"{kind} declares no footprint")
     offered = case.artifact.footprint()
     prints = [as_footprint(f) for f in (offered if isinstance(offered, list) else [offered])]
     structure = case.model.config
