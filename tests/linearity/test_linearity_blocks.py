@@ -13,7 +13,8 @@ from almostlinear.core.locate import locate
 from almostlinear.core.stats import RunningMoments
 from almostlinear.linearity import PairMoments, held_out_r2, replace_sublayer, sublayer
 from almostlinear.linearity.affine import AffineFit
-from almostlinear.linearity.passes import next_token_loss, sublayer_moments
+from almostlinear.core.collect import Batch
+from almostlinear.linearity.passes import SplitMoments, next_token_loss, sublayer_moments
 from almostlinear.linearity.sublayers import KINDS
 from tiny_models import CAUSAL, TEXTS, WORDS, build_model, make_tokenizer
 
@@ -181,3 +182,41 @@ def test_sublayers_are_found_in_every_decoder_and_refused_in_bert():
         sublayer(locate(build_model("bert")), 0, "mlp")
     with pytest.raises(ChoiceError, match="kind"):
         sublayer(locate(build_model("llama")), 0, "ffn")
+
+
+def _batch(parts, text_index, d=5, seed=0):
+    """A batch of random sublayer activations, a few rows per text (none for some texts)."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 4, (len(text_index),), generator=g)
+    rows = torch.repeat_interleave(torch.as_tensor(text_index), counts)
+    acts = {site: torch.randn(len(rows), d, generator=g) * 3 + 1 for p in parts for site in (p.input, p.output)}
+    return Batch(acts, torch.zeros(len(rows), dtype=torch.long), rows, torch.ones(len(rows), dtype=torch.long))
+
+
+def test_split_moments_from_shared_batches_equal_a_pass_per_split_bit_for_bit():
+    from almostlinear.linearity import Sublayer
+
+    parts = [Sublayer(layer, kind) for layer in range(2) for kind in KINDS]
+    splits = {"train": (0, 1), "val": (2,), "test": (3,)}
+    # shared batches of 6 texts after a first part of 5 (as when some texts also give logits)
+    bounds = [0, 5, 11, 17, 23, 29, 30]
+    batches = [_batch(parts, list(range(a, b)), seed=a) for a, b in zip(bounds[:-1], bounds[1:])]
+    shared = SplitMoments(parts, 5, splits, texts_per_update=4)
+    for batch in batches:
+        shared.add(batch)
+    got = shared.result()
+    joined = {site: torch.cat([b.activations[site] for b in batches]) for site in batches[0].activations}
+    index = torch.cat([b.text_index for b in batches])
+    for name, residues in splits.items():
+        texts = [i for i in range(30) if i % 4 in residues]
+        expected = {kind: PairMoments(2, 5, 5) for kind in KINDS}
+        for start in range(0, len(texts), 4):  # a pass over this split alone, 4 texts a batch
+            rows = torch.isin(index, torch.tensor(texts[start:start + 4])).nonzero()[:, 0]
+            for kind in KINDS:
+                chosen = [p for p in parts if p.kind == kind]
+                expected[kind].update(torch.stack([joined[p.input][rows] for p in chosen]),
+                                      torch.stack([joined[p.output][rows] for p in chosen]))
+        for kind in KINDS:
+            assert got[name][kind].n == expected[kind].n > 0
+            for field in ("mean_x", "mean_y", "sxx_", "sxy_", "syy_"):
+                assert torch.equal(getattr(got[name][kind], field), getattr(expected[kind], field)), (name, kind, field)

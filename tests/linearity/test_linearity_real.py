@@ -67,18 +67,19 @@ def test_block_fits_from_the_shared_pass_equal_a_pass_per_split(smollm2):
     section = MomentsOnly()
     ctx = AuditContext(smollm2, Budget.quick(), progress=lambda _: None, sources={"neutral": texts})
     run_sections(ctx, [section])
+    shared_moments = section.moments.result()
     s = smollm2.structure
     parts = [sublayer(s, layer, kind) for layer in range(s.n_layers) for kind in ("attn", "mlp")]
     splits = [[t for i, t in enumerate(texts) if i % 4 in rests] for rests in ((0, 1), (2,), (3,))]
     own = [sublayer_moments(smollm2.model, smollm2.tokenizer, s, split, parts) for split in splits]
     for kind in ("attn", "mlp"):
-        for mine, shared in zip(own, section.moments.values()):
+        for mine, shared in zip(own, shared_moments.values()):
             assert mine[kind].n == shared[kind].n > 0
             for name in ("mean_x", "mean_y", "sxx_", "sxy_", "syy_"):  # equal to float32 rounding
                 a, b = getattr(mine[kind], name), getattr(shared[kind], name)
                 assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max()), (kind, name)
         # ~90 training tokens in 576 dimensions: only a well-conditioned (large-ridge) fit compares tightly
         train, val = own[0][kind], own[1][kind]
-        shared_train, shared_val = section.moments["train"][kind], section.moments["val"][kind]
+        shared_train, shared_val = shared_moments["train"][kind], shared_moments["val"][kind]
         expected, got = val.r2(train.fit(1.0)), shared_val.r2(shared_train.fit(1.0))
         assert torch.allclose(got, expected, atol=1e-5), kind

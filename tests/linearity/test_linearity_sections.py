@@ -96,7 +96,7 @@ def test_block_fits_from_the_shared_pass_equal_those_of_a_pass_per_split(family)
     for kind in KINDS:
         for layer in range(2):
             assert result.metric(f"{kind}_r2_held_out", layer).value == pytest.approx(float(r2[kind][layer]), abs=1e-6)
-        for own, shared in zip(moments, section.moments.values()):
+        for own, shared in zip(moments, section.moments.result().values()):
             assert own[kind].n == shared[kind].n
             for name in ("mean_x", "mean_y", "sxx_", "sxy_", "syy_"):  # equal to float32 rounding
                 a, b = getattr(own[kind], name), getattr(shared[kind], name)

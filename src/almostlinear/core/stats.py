@@ -90,7 +90,9 @@ class RunningMoments:
         m = x.shape[-2]
         if m == 0:
             return self
-        batch = [None if t is None else t.double() for t in _moments_of(x, y, self.y_trace_only)]
+        batch = _moments_of(x, y, self.y_trace_only)
+        if self.maps is None:
+            batch = [None if t is None else t.double() for t in batch]
         self._absorb(m, *batch)
         return self
 
@@ -102,7 +104,7 @@ class RunningMoments:
         if self.maps is None:
             self.sxx_.add_(sxx).addr_(dx, dx, alpha=w)
         else:
-            self.sxx_ += sxx + w * dx[..., :, None] * dx[..., None, :]
+            _add_shifted(self.sxx_, sxx, w, dx, dx)
         self.mean_x += dx * (m / total)
         if self.paired:
             dy = mean_y - self.mean_y
@@ -111,11 +113,11 @@ class RunningMoments:
             elif self.maps is None:
                 self.syy_.add_(syy).addr_(dy, dy, alpha=w)
             else:
-                self.syy_ += syy + w * dy[..., :, None] * dy[..., None, :]
+                _add_shifted(self.syy_, syy, w, dy, dy)
             if self.maps is None:
                 self.sxy_.add_(sxy).addr_(dx, dy, alpha=w)
             else:
-                self.sxy_ += sxy + w * dx[..., :, None] * dy[..., None, :]
+                _add_shifted(self.sxy_, sxy, w, dx, dy)
             self.mean_y += dy * (m / total)
         self.n = total
 
@@ -158,6 +160,16 @@ class RunningMoments:
         """``Cov(x, y)`` as ``[dim_x, dim_y]``."""
         self._require(ddof + 1)
         return self.sxy_ / (self.n - ddof)
+
+
+def _add_shifted(total: torch.Tensor, batch: torch.Tensor, w: float, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``total += batch + w a bᵀ`` per map, in place, rounded as that expression is (``batch`` may be
+    float32: it widens exactly), with one ``[maps, d, d]`` temporary instead of three."""
+    if not w:  # the first batch: nothing to correct for
+        total += batch
+        return
+    shift = (w * a)[..., :, None] * b[..., None, :]
+    total += shift.add_(batch)
 
 
 def _mean(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@ costs in loss, and how far apart the layers' last-token states are (angular dist
 
 The sublayers' inputs and outputs (``attn_in``/``attn_out``, ``mlp_in``/``mlp_out``) and the
 residual states come from the audit's shared pass over the neutral texts; each text goes whole to
-one split by its index, so the moments of the three splits fill up batch by batch."""
+one split by its index, and each split's moments are folded in the groups of texts a pass over that
+split alone would use, so they equal those of one pass per split."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.section import AuditContext, Need, Section, last_token_rows
 from ..core.sites import Site
 from .blocks import angular_distance_profile, held_out_r2
-from .passes import empty_moments, next_token_loss, stacked_pairs, sublayer_sites
+from .passes import SplitMoments, next_token_loss, sublayer_sites
 from .sublayers import KINDS, replace_sublayer, sublayer
 
 R2_SOURCE = "arXiv 2606.19379"
@@ -47,19 +48,15 @@ class BlockLinearitySection(Section):
         s = ctx.structure
         self.states = (Site("resid_pre", 0),) + tuple(Site("resid_post", i) for i in range(s.n_layers))
         self.parts = [sublayer(s, layer, kind) for layer in range(s.n_layers) for kind in KINDS]
-        self.moments = {name: empty_moments(self.parts, s.d_model) for name in SPLITS}
+        # each split folds its texts in the groups a pass over that split alone would batch them in
+        self.moments = SplitMoments(self.parts, s.d_model, SPLITS, ctx.budget.batch_size)
         self.last_states: list[torch.Tensor] = []
         self.fit_seconds = 0.0
         return [Need("neutral", self.states + sublayer_sites(self.parts), positions="all", skip_first=True)]
 
     def consume(self, source: str, batch: Batch) -> None:
         began = time.perf_counter()
-        rest = batch.text_index % 4
-        for kind, (x, y) in stacked_pairs(self.parts, batch).items():
-            for name, rests in SPLITS.items():
-                rows = torch.isin(rest, torch.tensor(rests)).nonzero()[:, 0]
-                if len(rows):
-                    self.moments[name][kind].update(x[:, rows.to(x.device)], y[:, rows.to(y.device)])
+        self.moments.add(batch)
         self.fit_seconds += time.perf_counter() - began
         last = last_token_rows(batch)
         self.last_states.append(torch.stack([batch.activations[s][last.to(batch.activations[s].device)].float().cpu()
@@ -73,8 +70,8 @@ class BlockLinearitySection(Section):
         train, val, test = split["train"], split["val"], split["test"]
         if min(len(train), len(val), len(test)) == 0:
             raise EmptyDataError(f"need at least 4 neutral texts for train/validation/test, got {len(texts)}")
-        moments = self.moments
         began = time.perf_counter()
+        moments = self.moments.result()
         r2, fits = {}, {}
         for kind in KINDS:
             r2[kind], fits[kind] = held_out_r2(moments["train"][kind], moments["val"][kind], moments["test"][kind])

@@ -94,3 +94,58 @@ def next_token_loss(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_
     if count == 0:
         raise EmptyDataError("the texts are too short to score any next-token prediction")
     return total / count, count
+
+
+class SplitMoments:
+    """Sublayer moments of several splits of one text source, fed batch by batch from a shared pass.
+
+    Texts go whole to a split by their index: text ``i`` belongs to the split whose ``residues``
+    hold ``i % period``. Each split folds its texts in groups of ``texts_per_update``, in order, as a
+    pass over that split alone with that batch size would, so the shared pass gives the numbers of
+    one pass per split, and the float64 update (a fixed cost per call) runs once per group rather
+    than once per batch and split.
+    """
+
+    def __init__(self, parts: Sequence[Sublayer], d_model: int, splits: dict[str, tuple[int, ...]],
+                 texts_per_update: int, period: int = 4) -> None:
+        self.parts, self.splits, self.period, self.per_update = list(parts), splits, period, texts_per_update
+        self.moments = {name: empty_moments(self.parts, d_model) for name in splits}
+        self._queue: dict[str, list[tuple[torch.Tensor, dict]]] = {name: [] for name in splits}
+
+    def _groups(self, residues: tuple[int, ...], text_index: torch.Tensor) -> torch.Tensor:
+        """Each text's group: its rank among the split's texts, in blocks of ``texts_per_update``."""
+        rank = torch.full((self.period,), -1, dtype=torch.long)
+        rank[list(residues)] = torch.arange(len(residues))
+        return ((text_index // self.period) * len(residues) + rank[text_index % self.period]) // self.per_update
+
+    def add(self, batch: Batch) -> None:
+        """Queue the batch's rows by split; fold every group that no later batch can add to."""
+        pairs = stacked_pairs(self.parts, batch)
+        residue = batch.text_index % self.period
+        for name, residues in self.splits.items():
+            rows = torch.isin(residue, torch.tensor(residues)).nonzero()[:, 0]
+            if len(rows):
+                groups = self._groups(residues, batch.text_index[rows])
+                picked = {kind: (x[:, rows.to(x.device)], y[:, rows.to(y.device)]) for kind, (x, y) in pairs.items()}
+                self._queue[name].append((groups, picked))
+                self._fold(name, below=int(groups.max()))
+
+    def result(self) -> dict[str, dict[str, PairMoments]]:
+        """Per split, per kind, the moments of every batch added."""
+        for name in self.splits:
+            self._fold(name, below=None)
+        return self.moments
+
+    def _fold(self, name: str, below: int | None) -> None:
+        queue = self._queue[name]
+        if not queue or (below is not None and int(queue[0][0].min()) >= below):
+            return
+        groups = torch.cat([g for g, _ in queue])
+        joined = {kind: tuple(torch.cat([p[kind][i] for _, p in queue], 1) for i in (0, 1)) for kind in queue[0][1]}
+        done = len(groups) if below is None else int((groups < below).sum())
+        starts = torch.searchsorted(groups[:done], groups[:done].unique(), right=False).tolist() + [done]
+        for start, stop in zip(starts[:-1], starts[1:]):
+            for kind, (x, y) in joined.items():
+                self.moments[name][kind].update(x[:, start:stop].contiguous(), y[:, start:stop].contiguous())
+        rest = {kind: (x[:, done:], y[:, done:]) for kind, (x, y) in joined.items()}
+        self._queue[name] = [(groups[done:], rest)] if done < len(groups) else []
