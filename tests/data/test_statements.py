@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from almostlinear.core.errors import AlmostLinearError, EmptyDataError
+from almostlinear.core.errors import AlmostLinearError, EmptyDataError, ShapeError
 from almostlinear.core.digest import data_hash
 from almostlinear.data import (
     Fact,
@@ -184,5 +184,5 @@ def test_data_hash():
     assert data_hash(sts[::-1]) != h
     assert re.fullmatch(r"sha256:[0-9a-f]{16}", data_hash(contrast_pairs(sts)))
     assert data_hash(["a", 1]) == data_hash(("a", 1))
-    with pytest.raises(TypeError):
+    with pytest.raises(ShapeError):
         data_hash([object()])

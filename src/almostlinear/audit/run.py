@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..core.errors import DeviceError
 from ..core.models import DEFAULT_MODEL, LoadedModel, load
 from ..core.section import AuditContext, Budget
 from .plan import run_sections
@@ -50,7 +51,8 @@ def run_audit(model: str | LoadedModel = DEFAULT_MODEL, *, out: str | Path | Non
     began = time.perf_counter()
     chosen = make_sections(sections)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device on this machine")
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA device on this machine; "
+                          "use --device cpu")
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device, progress=progress)
     budget = budget or (Budget.quick() if quick else Budget.full())
     ctx = AuditContext(loaded, budget, seed=seed, progress=progress, sources=dict(texts or {}),

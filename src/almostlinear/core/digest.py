@@ -65,5 +65,10 @@ def _jsonable(obj: Any) -> Any:
 
 def data_hash(items: Iterable[Any]) -> str:
     """Digest of a data set (dataclasses or JSON values) as canonical JSON, for artifact headers."""
-    return digest(json.dumps(list(items), default=_jsonable, sort_keys=True, ensure_ascii=False,
-                             separators=(",", ":")))
+    from .errors import ShapeError
+
+    try:
+        text = json.dumps(list(items), default=_jsonable, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    except TypeError as error:
+        raise ShapeError(str(error)) from error
+    return digest(text)

@@ -49,6 +49,10 @@ class ArtifactError(AlmostLinearError):
     """A saved artifact that is malformed, of another kind, or made for another model."""
 
 
+class DeviceError(AlmostLinearError):
+    """A device that torch cannot see on this machine (``cuda`` without a GPU, a wrong index)."""
+
+
 class ChoiceError(AlmostLinearError):
     """A value outside a fixed set of choices (a method, a unit, a mode)."""
 

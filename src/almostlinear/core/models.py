@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import MissingDependencyError, ModelNotFoundError
+from .errors import MissingDependencyError, ModelNotFoundError, check_choice
 from .locate import Structure, locate
 from .paths import cache_dir
 
@@ -170,10 +170,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 
 def _dtype(text: str) -> torch.dtype:
-    try:
-        return _DTYPES[text]
-    except KeyError:
-        raise ValueError(f"unknown dtype {text!r}; use one of {', '.join(_DTYPES)}") from None
+    return _DTYPES[check_choice(text, _DTYPES, "dtype")]
 
 
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash",
