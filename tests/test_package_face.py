@@ -57,3 +57,11 @@ def test_the_manifest_names_modules_that_exist():
     assert len(families) == len(set(families))
     for family in families:
         importlib.import_module(f"almostlinear.{family}")
+
+
+def test_a_missing_file_is_a_message_not_a_traceback(capsys, tmp_path):
+    from almostlinear.cli import main
+
+    assert main(["audit", "--texts", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "No such file" in err and "Traceback" not in err

@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except AlmostLinearError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a path the user gave that cannot be read or written
+        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; no report was written", file=sys.stderr)
         return 130
