@@ -238,6 +238,20 @@ def set_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
             current.copy_(value.to(device=current.device, dtype=current.dtype))
 
 
+def _changed(module: nn.Module, names: Iterable[str], change: Callable[[], None]) -> WeightSnapshot:
+    """Snapshot ``names``, mark the base, run ``change``; on failure put everything back and re-raise."""
+    snapshot = WeightSnapshot(module, names)
+    mark_base(module)
+    try:
+        with torch.no_grad():
+            change()
+    except BaseException:
+        snapshot.restore()
+        release_base(module)
+        raise
+    return snapshot
+
+
 @contextlib.contextmanager
 def temporarily_changed(model: Any, names: Iterable[str], change: Callable[[], None]) -> Iterator[nn.Module]:
     """Run ``change()`` (which may write only the parameters ``names``) while the context is open.
@@ -246,11 +260,8 @@ def temporarily_changed(model: Any, names: Iterable[str], change: Callable[[], N
     body raises, so the model is restored bit for bit. Yields the module.
     """
     module = as_model(model).module
-    snapshot = WeightSnapshot(module, names)
-    mark_base(module)
+    snapshot = _changed(module, names, change)
     try:
-        with torch.no_grad():
-            change()
         yield module
     finally:
         snapshot.restore()
@@ -264,15 +275,7 @@ def bake_weights(model: Any, names: Iterable[str], change: Callable[[], None], *
     When ``change`` raises, the named parameters are put back first, so a failed bake changes nothing.
     """
     module = as_model(model).module
-    snapshot = WeightSnapshot(module, names)
-    mark_base(module)
-    try:
-        with torch.no_grad():
-            change()
-    except BaseException:
-        snapshot.restore()
-        release_base(module)
-        raise
+    snapshot = _changed(module, names, change)
     hashes = {name: _hash_of(module, name) for name in snapshot.saved}
     return Baked(kind, snapshot.saved, hashes, module=module, on_undo=on_undo)
 
