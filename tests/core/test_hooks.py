@@ -510,6 +510,15 @@ def test_sublayer_inputs_are_the_normed_stream(name, tiny_tokenizer):
     assert full["attn_in.1"].shape[-1] == full["mlp_in.1"].shape[-1] == D_MODEL
 
 
+@pytest.mark.parametrize("name, shared", [("gptj", True), ("falcon", True), ("gpt_neox", False)])
+def test_parallel_blocks_read_one_normed_input_only_when_they_have_one_norm(name, shared, tiny_tokenizer):
+    # GPT-J and Falcon feed both sublayers the output of one norm; GPT-NeoX gives each its own norm.
+    model = build_model(name)
+    with torch.no_grad(), record(model, ["attn_in.1", "mlp_in.1"]) as rec:
+        model(**_inputs(tiny_tokenizer))
+    assert torch.equal(rec["attn_in.1"], rec["mlp_in.1"]) == shared
+
+
 def test_sublayer_inputs_in_every_decoder_and_none_for_a_split_mlp(tiny_tokenizer):
     from tiny_models import BUILDERS
 

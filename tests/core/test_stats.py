@@ -164,3 +164,66 @@ def test_too_few_samples():
     assert torch.equal(m.cov_x(ddof=0), torch.zeros(2, 2, dtype=torch.float64))
     with pytest.raises(EmptyDataError):
         RunningMoments(2, 1).update(torch.ones(1, 2), torch.ones(1, 1)).cross_cov()
+
+
+# ---------------------------------------------------------------------------------------------
+# a leading axis of maps, and the trace of y's covariance only
+
+
+@pytest.mark.parametrize("y_trace_only", [False, True])
+@pytest.mark.parametrize("sizes", [[30], [7, 1, 22], [10, 0, 20]])
+def test_maps_equal_one_moments_object_per_map(sizes, y_trace_only):
+    xs, ys = zip(*(_data(30, 4, 3, seed=s, offset=s) for s in range(3)))
+    x, y = torch.stack(xs), torch.stack(ys)  # [3 maps, 30, d]
+    maps = RunningMoments(4, 3, maps=3, y_trace_only=y_trace_only)
+    start = 0
+    for size in sizes:
+        maps.update(x[:, start:start + size], y[:, start:start + size])
+        start += size
+    assert maps.n == 30 and maps.sxx_.shape == (3, 4, 4) and maps.sxy_.shape == (3, 4, 3)
+    for i in range(3):
+        single = _feed(RunningMoments(4, 3), xs[i], ys[i], sizes)
+        np.testing.assert_allclose(maps.mean_x[i].numpy(), single.mean_x.numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(maps.mean_y[i].numpy(), single.mean_y.numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(maps.cov_x()[i].numpy(), single.cov_x().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(maps.cross_cov()[i].numpy(), single.cross_cov().numpy(), rtol=1e-10, atol=1e-12)
+        syy = maps.syy_[i] if y_trace_only else maps.syy_[i].trace()
+        assert float(syy) == pytest.approx(float(single.syy_.trace()), rel=1e-12)
+    if y_trace_only:
+        with pytest.raises(ShapeError, match="trace"):
+            maps.cov_y()
+    else:
+        np.testing.assert_allclose(maps.cov_y()[1].numpy(), _np_cov(xs[1], ys[1])[1], rtol=1e-10, atol=1e-12)
+
+
+def test_maps_merge_and_copy_keep_the_layout_and_the_class():
+    class Sub(RunningMoments):
+        pass
+
+    x, y = torch.randn(2, 20, 3, dtype=torch.float64), torch.randn(2, 20, 2, dtype=torch.float64)
+    whole = Sub(3, 2, maps=2, y_trace_only=True).update(x, y)
+    left = Sub(3, 2, maps=2, y_trace_only=True).update(x[:, :8], y[:, :8])
+    right = Sub(3, 2, maps=2, y_trace_only=True).update(x[:, 8:], y[:, 8:])
+    merged = left.merge(right)
+    assert type(merged) is Sub and type(left.copy()) is Sub and left.n == 8
+    for name in ("mean_x", "mean_y", "sxx_", "sxy_", "syy_"):
+        assert torch.allclose(getattr(merged, name), getattr(whole, name), rtol=1e-12, atol=1e-12), name
+    with pytest.raises(ShapeError, match="cannot merge"):
+        whole.merge(RunningMoments(3, 2, maps=2))
+    with pytest.raises(ShapeError, match="cannot merge"):
+        whole.merge(RunningMoments(3, 2, maps=3, y_trace_only=True))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: RunningMoments(3, 2, maps=2).update(torch.ones(4, 3), torch.ones(4, 2)),  # no maps axis
+        lambda: RunningMoments(3, 2, maps=2).update(torch.ones(3, 4, 3), torch.ones(3, 4, 2)),  # 3 maps, not 2
+        lambda: RunningMoments(3, 2, maps=2).update(torch.ones(2, 4, 3), torch.ones(2, 5, 2)),  # rows differ
+        lambda: RunningMoments(3, y_trace_only=True),  # a trace of nothing
+        lambda: RunningMoments(3, maps=0),
+    ],
+)
+def test_maps_wrong_shapes(call):
+    with pytest.raises(ShapeError):
+        call()

@@ -101,3 +101,11 @@ def test_block_fits_from_the_shared_pass_equal_those_of_a_pass_per_split(family)
             for name in ("mean_x", "mean_y", "sxx_", "sxy_", "syy_"):  # equal to float32 rounding
                 a, b = getattr(own[kind], name), getattr(shared[kind], name)
                 assert float((a - b).abs().max()) <= 1e-6 * float(a.abs().max()), name
+
+
+def test_block_linearity_reads_a_mixture_of_experts_as_one_mlp_sublayer():
+    # mlp_in and mlp_out are the sparse block's input and output, so the section needs no down projection
+    (result,) = _run("mixtral", [BlockLinearitySection()])
+    assert result.status == "ok", result.notes
+    assert all(result.metric("mlp_r2_held_out", layer).value <= 1 for layer in range(2))
+    assert {m.layer for m in result.metrics if m.name == "mlp_replacement_delta_ce"} == {0, 1}

@@ -378,7 +378,7 @@ class Recording:
         parts = self._values[self._key(site)]
         if not parts:
             raise ShapeError(f"nothing was recorded at {site}: did a forward pass run inside the context?")
-        return torch.cat(parts)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)  # one pass (collect's case): no copy
 
     def full(self, site) -> list[torch.Tensor]:
         """The whole ``[batch, seq, d]`` activation of each forward call (needs ``keep_full=True``)."""

@@ -16,8 +16,9 @@ mlp_key        the input of the MLP's down projection (``d_mlp`` wide): the keys
 =============  ==========================================================================
 
 ``attn_in`` to ``attn_out`` and ``mlp_in`` to ``mlp_out`` are each sublayer's input and output, so
-one pass can read what a sublayer maps to what. ``mlp_in`` needs one module holding the whole MLP
-(BERT splits it over two children, so it has no ``mlp_in``).
+one pass can read what a sublayer maps to what. Parallel blocks with one norm (GPT-J, Falcon) feed
+both sublayers the same tensor, so there ``attn_in`` equals ``mlp_in``. ``mlp_in`` needs one module
+holding the whole MLP (BERT splits it over two children, so it has no ``mlp_in``).
 
 ``attn_out`` and ``mlp_out`` are taken at the output projections so that they mean the same thing
 in pre-norm decoders and post-norm encoders: the vector the sublayer contributes, before any

@@ -175,7 +175,7 @@ def _add_shifted(total: torch.Tensor, batch: torch.Tensor, w: float, a: torch.Te
 def _mean(x: torch.Tensor) -> torch.Tensor:
     # A single set averages in the batch's dtype; a stack of maps averages in float64 before centring
     # (how the per-block fits have always done it), so both reproduce their earlier numbers exactly.
-    return x.mean(0) if x.dim() == 2 else x.double().mean(-2)
+    return x.mean(0) if x.dim() == 2 else x.mean(-2, dtype=torch.float64)
 
 
 def _moments_of(x: torch.Tensor, y: torch.Tensor | None, y_trace_only: bool = False):

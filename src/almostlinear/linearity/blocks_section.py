@@ -103,7 +103,7 @@ class BlockLinearitySection(Section):
         self._angular(result)
         result.notes[:0] = [
             f"Sublayer inputs are the tensors the attention and the MLP modules receive (attn_in, mlp_in: after "
-            f"the block's norms), outputs what their output projections write (attn_out, mlp_out). Maps are fitted on "
+            f"the block's norms), outputs what they write (attn_out, mlp_out). Maps are fitted on "
             f"{len(train)} texts, the ridge (relative to the mean input variance) is chosen per block on "
             f"{len(val)} more, and R² is scored on {len(test)} held-out texts ({n_test} tokens); first tokens "
             f"are excluded throughout. Accumulating the moments in the shared pass and fitting took "

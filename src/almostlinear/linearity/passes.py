@@ -47,11 +47,15 @@ def empty_moments(parts: Sequence[Sublayer], d_model: int) -> dict[str, PairMome
     return {kind: PairMoments(len(ps), d_model, d_model) for kind, ps in by_kind(parts).items()}
 
 
-def stacked_pairs(parts: Sequence[Sublayer], batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per kind, the inputs and outputs of ``parts`` in ``batch``, each ``[layers, n_tokens, d]``."""
-    return {kind: (torch.stack([batch.activations[p.input] for p in ps]),
-                   torch.stack([batch.activations[p.output] for p in ps]))
-            for kind, ps in by_kind(parts).items()}
+def stacked_pairs(parts: Sequence[Sublayer], batch: Batch, rows: torch.Tensor | None = None
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per kind, the inputs and outputs of ``parts`` in ``batch`` (its ``rows``, else all), each
+    ``[layers, n_tokens, d]``."""
+    def stack(sites: list[Site]) -> torch.Tensor:
+        acts = [batch.activations[site] for site in sites]
+        return torch.stack(acts if rows is None else [a[rows.to(a.device)] for a in acts])
+
+    return {kind: (stack([p.input for p in ps]), stack([p.output for p in ps])) for kind, ps in by_kind(parts).items()}
 
 
 def sublayer_moments(model: nn.Module, tokenizer, structure: Structure, texts: Sequence[str],
@@ -120,14 +124,12 @@ class SplitMoments:
 
     def add(self, batch: Batch) -> None:
         """Queue the batch's rows by split; fold every group that no later batch can add to."""
-        pairs = stacked_pairs(self.parts, batch)
         residue = batch.text_index % self.period
         for name, residues in self.splits.items():
             rows = torch.isin(residue, torch.tensor(residues)).nonzero()[:, 0]
             if len(rows):
                 groups = self._groups(residues, batch.text_index[rows])
-                picked = {kind: (x[:, rows.to(x.device)], y[:, rows.to(y.device)]) for kind, (x, y) in pairs.items()}
-                self._queue[name].append((groups, picked))
+                self._queue[name].append((groups, stacked_pairs(self.parts, batch, rows)))
                 self._fold(name, below=int(groups.max()))
 
     def result(self) -> dict[str, dict[str, PairMoments]]:
@@ -137,15 +139,24 @@ class SplitMoments:
         return self.moments
 
     def _fold(self, name: str, below: int | None) -> None:
+        """One update per complete group (every group below ``below``; all when it is None).
+
+        Rows arrive in text order, so each group is a contiguous run of rows in each queued batch.
+        """
         queue = self._queue[name]
         if not queue or (below is not None and int(queue[0][0].min()) >= below):
             return
-        groups = torch.cat([g for g, _ in queue])
-        joined = {kind: tuple(torch.cat([p[kind][i] for _, p in queue], 1) for i in (0, 1)) for kind in queue[0][1]}
-        done = len(groups) if below is None else int((groups < below).sum())
-        starts = torch.searchsorted(groups[:done], groups[:done].unique(), right=False).tolist() + [done]
-        for start, stop in zip(starts[:-1], starts[1:]):
-            for kind, (x, y) in joined.items():
-                self.moments[name][kind].update(x[:, start:stop].contiguous(), y[:, start:stop].contiguous())
-        rest = {kind: (x[:, done:], y[:, done:]) for kind, (x, y) in joined.items()}
-        self._queue[name] = [(groups[done:], rest)] if done < len(groups) else []
+        present = torch.cat([g for g, _ in queue]).unique().tolist()
+        for group in (g for g in present if below is None or g < below):
+            spans = [(pairs, int(torch.searchsorted(g, group)), int(torch.searchsorted(g, group, right=True)))
+                     for g, pairs in queue]
+            spans = [(pairs, a, b) for pairs, a, b in spans if b > a]
+            for kind, moments in self.moments[name].items():
+                x, y = (torch.cat([pairs[kind][i][:, a:b] for pairs, a, b in spans], 1).contiguous() for i in (0, 1))
+                moments.update(x, y)
+        kept = []
+        for g, pairs in queue:
+            cut = len(g) if below is None else int(torch.searchsorted(g, below))
+            if cut < len(g):
+                kept.append((g[cut:], {kind: (x[:, cut:], y[:, cut:]) for kind, (x, y) in pairs.items()}))
+        self._queue[name] = kept
