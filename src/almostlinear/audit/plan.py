@@ -20,7 +20,11 @@ from ..core.report import SectionResult
 from ..core.section import AuditContext, Need, Section, last_token_rows
 
 
-def _subset(batch: Batch, rows: torch.Tensor, sites) -> Batch:
+def _subset(batch: Batch, rows: torch.Tensor | None, sites) -> Batch:
+    if rows is None:  # every row: share the tensors instead of copying them (sections only read them)
+        return Batch(activations={s: batch.activations[s] for s in sites}, token_ids=batch.token_ids,
+                     text_index=batch.text_index, position=batch.position, logits=batch.logits,
+                     next_token_ids=batch.next_token_ids)
     return Batch(
         activations={s: batch.activations[s][rows.to(batch.activations[s].device)] for s in sites},
         token_ids=batch.token_ids[rows],
@@ -107,9 +111,10 @@ def _dispatch(batch: Batch, pairs, failed: set[str], results: dict, source: str)
                 last_rows = last_token_rows(batch)
             rows = last_rows
         else:
-            rows = torch.arange(len(batch))
-        if need.skip_first:
+            rows = None
+        if need.skip_first and bool((batch.position == 0).any()):
             # The shared pass keeps first tokens when any other need wants them; drop them here.
+            rows = torch.arange(len(batch)) if rows is None else rows
             rows = rows[batch.position[rows] > 0]
         view = _subset(batch, rows, need.sites)
         if view.logits is not None and need.logits_texts == 0:
