@@ -65,3 +65,16 @@ def test_a_missing_file_is_a_message_not_a_traceback(capsys, tmp_path):
     assert main(["audit", "--texts", str(tmp_path / "missing.txt")]) == 2
     err = capsys.readouterr().err
     assert "No such file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("family", [f.name for f in FAMILIES])
+def test_no_exported_name_is_shadowed_by_a_submodule(family):
+    # Importing a submodule binds its name on the package; a public function of the same name would
+    # then be hidden behind the module. Import every submodule first, then resolve every name.
+    import pkgutil
+
+    package = importlib.import_module(f"almostlinear.{family}")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"almostlinear.{family}.{info.name}")
+    for name in getattr(package, "__all__", ()):
+        assert not isinstance(getattr(package, name), type(importlib)), f"almostlinear.{family}.{name} is a module"
