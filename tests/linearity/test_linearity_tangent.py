@@ -179,3 +179,60 @@ def test_tangent_section_on_smollm2(smollm2):
     a64 = result.metric("tangent_explained_a64").value
     assert 0.5 < a1 <= 1 and a64 < a1
     assert result.metric("tangent_relative_delta").value < 0.01
+
+
+# -- half precision: float32 master weights, optimiser state and forward passes -----------------------
+
+
+def _section(dtype):
+    loaded = LoadedModel(build_model("llama").to(dtype), make_tokenizer(), "tiny", "memory", "causal-lm")
+    state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    budget = Budget(neutral_texts=8, neutral_new_tokens=8, lens_tokens=40, statements=40, fact_candidates=40,
+                    quick_mode=True)
+    ctx = AuditContext(loaded, budget, progress=lambda _: None, sources={"neutral": _texts(24)})
+    (result,) = run_sections(ctx, [TangentSection()], lambda source: ctx.sources[source])
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, state[key]) and value.dtype == state[key].dtype, key
+    return result
+
+
+def test_tangent_section_in_half_precision_matches_float32():
+    reference = _section(torch.float32)
+    assert reference.status == "ok", reference.notes
+    assert reference.metric("tangent_explained_a1").value >= 0.999
+    assert not any("float32 copies" in note for note in reference.notes)
+    for dtype in (torch.bfloat16, torch.float16):  # float16 raised NonFiniteError (Adam state in float16)
+        result = _section(dtype)
+        assert result.status == "ok", result.notes
+        assert result.metric("tangent_explained_a1").value >= 0.99
+        for a in (1, 4, 16, 64):
+            assert result.metric(f"tangent_explained_a{a}").value == pytest.approx(
+                reference.metric(f"tangent_explained_a{a}").value, abs=1e-3)
+        assert any(f"weights are {str(dtype)[6:]}" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_finetune_keeps_float32_master_weights(dtype):
+    model = build_model("llama").to(dtype)
+    inputs = tokenize(make_tokenizer(), list(TEXTS), max_length=16, device="cpu")
+    params0 = select_parameters(model, lambda name, p: "down_proj" in name)
+    assert all(p.dtype == dtype for p in params0.values())
+    losses = []
+    delta = finetune_delta(lm_loss_function(model, inputs), params0, steps=3, lr=3e-4, optimizer="adam",
+                           losses=losses)
+    assert all(d.dtype == torch.float32 for d in delta.values())
+    # Adam's first step moves every weight by about lr: far below a half-precision step of the weights
+    step = max(float((d - (p.float() + d).to(dtype).float() + p.float()).abs().max()) for p, d in
+               zip(params0.values(), delta.values()))
+    assert step > 0  # rounding theta0 + delta back to the dtype would lose part of the delta
+    assert losses[-1] < losses[0]
+    profile = tangent_profile(lm_logits_function(model, inputs), params0, delta, alphas=(1.0,))
+    assert profile.explained[0] > 0.999
+
+
+def test_non_finite_loss_before_any_step_does_not_blame_the_learning_rate():
+    params0 = {"t": torch.ones(3, dtype=torch.float16)}
+    with pytest.raises(NonFiniteError, match="before any step.*not the cause.*65504"):
+        finetune_delta(lambda p: (p["t"].half() * 1e5).sum(), params0, steps=2)
+    with pytest.raises(NonFiniteError, match=r"at step \d: lower the learning rate"):  # diverging steps
+        finetune_delta(lambda p: p["t"].pow(4).sum(), {"t": torch.full((3,), 10.0)}, steps=5, lr=1.0)

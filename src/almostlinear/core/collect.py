@@ -21,6 +21,7 @@ from torch import nn
 from .errors import EmptyDataError, NonFiniteError, ShapeError
 from .hooks import Positions, StopForward, position_mask, record
 from .locate import Structure, locate
+from .offload import execution_device, is_offloaded
 from .sites import Site, as_sites
 
 
@@ -60,6 +61,30 @@ class Activations:
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """Where inputs go: the input embedding's execution device.
+
+    On a model dispatched with accelerate the first parameter may be offloaded (on the meta device)
+    or on another GPU than the embedding, so the embedding's hook decides, then its weight.
+    """
+    embedding = None
+    if hasattr(model, "get_input_embeddings"):
+        try:
+            embedding = model.get_input_embeddings()
+        except (NotImplementedError, AttributeError):
+            embedding = None
+    for module in (embedding, model):
+        if module is None:
+            continue
+        device = execution_device(module)
+        if device is not None:
+            return device
+    if embedding is not None:
+        weight = getattr(embedding, "weight", None)
+        if isinstance(weight, torch.Tensor) and not is_offloaded(weight):
+            return weight.device
+    for parameter in model.parameters():
+        if not is_offloaded(parameter):
+            return parameter.device
     return next(model.parameters()).device
 
 

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import MissingDependencyError, ModelNotFoundError, check_choice
+from .errors import ChoiceError, MissingDependencyError, ModelNotFoundError, check_choice
 from .locate import Structure, locate
+from .offload import is_offloaded, readable
 from .paths import cache_dir
 
 from .defaults import DEFAULT_MODEL
@@ -44,6 +45,16 @@ class LoadedModel:
     name: str
     path: str
     kind: str
+    device_map: dict | None = None  # accelerate's placement (``hf_device_map``) when loaded with a map
+    random_weights: bool = False  # built from the config with random weights (timing runs)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of the model's floating-point weights, e.g. ``"bfloat16"``."""
+        for parameter in self.model.parameters():
+            if parameter.is_floating_point():
+                return str(parameter.dtype).removeprefix("torch.")
+        return "float32"
 
     @cached_property
     def structure(self) -> Structure:
@@ -112,7 +123,28 @@ def _is_causal_lm(config) -> bool:
         "llama", "gpt2", "gpt_neox", "qwen2", "gemma", "gemma2", "mistral", "phi", "phi3", "olmo"}
 
 
-def _from_folder(path: Path, name: str, dtype: torch.dtype, device: str) -> LoadedModel:
+@dataclass(frozen=True)
+class _Placement:
+    """How to place the weights: one ``device``, or an accelerate ``device_map`` (with its limits)."""
+
+    device: str = "cpu"
+    device_map: str | dict | None = None
+    max_memory: dict | None = None
+    offload_folder: str | None = None
+    random_weights: bool = False
+
+    def options(self) -> dict:
+        if self.device_map is None:
+            return {}
+        options: dict = {"device_map": self.device_map}
+        if self.max_memory is not None:
+            options["max_memory"] = self.max_memory
+        if self.offload_folder is not None:
+            options["offload_folder"] = str(self.offload_folder)
+        return options
+
+
+def _from_folder(path: Path, name: str, dtype: torch.dtype, placement: _Placement) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").is_file():
@@ -122,47 +154,85 @@ def _from_folder(path: Path, name: str, dtype: torch.dtype, device: str) -> Load
     config = AutoConfig.from_pretrained(path)
     causal = _is_causal_lm(config)
     loader = AutoModelForCausalLM if causal else AutoModel
-    model = loader.from_pretrained(path, dtype=dtype).to(device).eval()
+    if placement.random_weights:
+        # Built straight on the device, so that a model too big for host RAM can still be timed.
+        # The same seed gives the same weights; the caller's random state is left as it was.
+        on_cpu = torch.device(placement.device).type == "cpu"
+        with torch.random.fork_rng(devices=[] if on_cpu else None), torch.device(placement.device):
+            torch.manual_seed(0)
+            model = loader.from_config(config, dtype=dtype)
+        model.eval()
+    elif placement.device_map is not None:
+        # accelerate places each weight as it is read: never the whole model in host RAM, no .to().
+        model = loader.from_pretrained(path, dtype=dtype, **placement.options()).eval()
+    else:
+        model = loader.from_pretrained(path, dtype=dtype).to(placement.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return LoadedModel(model, tokenizer, name, str(path), "causal-lm" if causal else "encoder")
+    device_map = getattr(model, "hf_device_map", None) if placement.device_map is not None else None
+    return LoadedModel(model, tokenizer, name, str(path), "causal-lm" if causal else "encoder",
+                       device_map=dict(device_map) if device_map is not None else None,
+                       random_weights=placement.random_weights)
 
 
 def load(name: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
+         device_map: str | dict | None = None, max_memory: dict | None = None,
+         offload_folder: str | os.PathLike | None = None, random_weights: bool = False,
          progress=None) -> LoadedModel:
     """Load an embedded model by name, a local HF folder, or (online) a hub id.
 
+    ``dtype`` is the weights' dtype (``torch.bfloat16`` or ``"bfloat16"``). ``device_map`` (e.g.
+    ``"auto"``), ``max_memory`` and ``offload_folder`` go to transformers/accelerate, which place
+    each weight on a GPU, the CPU or disk as it is read; ``device`` is then not used. Without a map
+    the model is loaded and moved to ``device``. ``random_weights`` builds the architecture from
+    its config with random weights on ``device`` (for timing where the weights cannot travel).
     ``progress`` is an optional callable receiving status messages for slow steps.
     """
     if isinstance(dtype, str):
         dtype = _dtype(dtype)
+    placement = _placement(device, device_map, max_memory, offload_folder, random_weights)
     if name in EMBEDDED:
         entry = EMBEDDED[name]
-        return _from_folder(_embedded_folder(entry, progress), name, dtype, device)
+        return _from_folder(_embedded_folder(entry, progress), name, dtype, placement)
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelNotFoundError(f"{path} is a file; pass the folder that holds config.json")
-        return _from_folder(path, path.name, dtype, device)
+        return _from_folder(path, path.name, dtype, placement)
     if "/" not in name:
         known = ", ".join(EMBEDDED)
         raise ModelNotFoundError(
             f"unknown model {name!r}: it is neither an embedded model ({known}), nor a local folder, "
             "nor a hub id (owner/name). Run `almostlinear models` to see what is available."
         )
-    return _from_hub(name, dtype, device)
+    return _from_hub(name, dtype, placement)
 
 
-def _from_hub(name: str, dtype: torch.dtype, device: str) -> LoadedModel:
+def _placement(device, device_map, max_memory, offload_folder, random_weights) -> _Placement:
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise ChoiceError("max_memory and offload_folder apply only with a device_map (e.g. device_map='auto')")
+    else:
+        if importlib.util.find_spec("accelerate") is None:
+            raise MissingDependencyError("loading with a device_map needs the 'accelerate' package: "
+                                         "pip install accelerate")
+        if random_weights:
+            raise ChoiceError("random weights are built on one device: pass device=... instead of a device_map")
+    return _Placement(str(device), device_map, max_memory,
+                      None if offload_folder is None else str(offload_folder), bool(random_weights))
+
+
+def _from_hub(name: str, dtype: torch.dtype, placement: _Placement) -> LoadedModel:
     from huggingface_hub import snapshot_download
 
+    patterns = ["*.json", "*.model", "*.txt"] + ([] if placement.random_weights else ["*.safetensors"])
     try:
-        folder = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+        folder = snapshot_download(name, allow_patterns=patterns)
     except Exception as error:  # network and hub errors come in many types
         raise ModelNotFoundError(
             f"could not fetch {name!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
             f"Offline, use an embedded model or a local folder; {OFFLINE_HINT}."
         ) from error
-    return _from_folder(Path(folder), name, dtype, device)
+    return _from_folder(Path(folder), name, dtype, placement)
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -189,12 +259,15 @@ def fingerprint(model: nn.Module, *, samples_per_tensor: int = 4096) -> str:
     if config is not None:
         items = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
         digest.update(json.dumps(items, sort_keys=True, default=str).encode())
-    seen: set[int] = set()
-    for name, tensor in model.state_dict(keep_vars=False).items():
-        if tensor.data_ptr() in seen and tensor.numel():
+    seen: set = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        # Tied weights are hashed once. Offloaded (meta) tensors all share data_ptr 0, so their
+        # identity stands in, and their values are read from accelerate's weights map.
+        key = ("meta", id(tensor)) if is_offloaded(tensor) else tensor.data_ptr()
+        if key in seen and tensor.numel():
             continue
-        seen.add(tensor.data_ptr())
-        flat = tensor.detach().reshape(-1)
+        seen.add(key)
+        flat = readable(model, name, tensor).detach().reshape(-1)
         step = max(1, flat.numel() // samples_per_tensor)
         sample = flat[::step][:samples_per_tensor].to(device="cpu", dtype=torch.float32)
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())

@@ -65,6 +65,9 @@ class Translators(Artifact):
         if hidden.shape[-1] != self.d_model:
             raise ShapeError(f"this lens expects {self.d_model} features, got {hidden.shape[-1]}")
         s = self._state(state)
+        # half-precision states are translated in float32 (the translators' own precision); the decoder
+        # rounds the result once to the model's dtype
+        hidden = hidden.to(torch.promote_types(hidden.dtype, torch.float32))
         b = self.b[s].to(device=hidden.device, dtype=hidden.dtype)
         if self.A is None:
             return hidden + b

@@ -11,7 +11,9 @@ steps of 2^18 tokens (≈65M tokens), a GPU job; here the token budget is a para
 translators can start from the closed-form affine lens, which gets most of the way at once.
 
 The model's final norm and unembedding are applied with their weights detached, so training
-touches neither the model nor its gradients.
+touches neither the model nor its gradients. The translators, their optimiser state and the decoding
+during training are float32 whatever the model's dtype: SGD steps of size ``lr x gradient`` vanish in
+bfloat16's 8-bit mantissa, and a float32 translator cannot enter a half-precision head.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ class TunedLensSettings:
 
 
 def _frozen(module: torch.nn.Module):
-    params = {name: p.detach() for name, p in module.named_parameters()}
+    """``module`` as a function of float32 inputs, with detached float32 copies of half-precision weights
+    (float32 weights are used as they are, without a copy)."""
+    params = {name: p.detach().float() if p.is_floating_point() else p.detach()
+              for name, p in module.named_parameters()}
     return lambda x: torch.func.functional_call(module, params, (x,))
 
 

@@ -13,6 +13,13 @@ without interfering when the model is in its tangent regime; linearised fine-tun
 
 Functions take ``f(params) -> tensor`` over a dict of the parameters that move; every other
 parameter stays at the module's value (``torch.func.functional_call``), so a model is never edited.
+
+Half precision: a short fine-tune moves weights by less than a bfloat16 step, and the output change
+it causes is near the rounding noise of a bfloat16 forward pass. So for a model with bfloat16 or
+float16 weights, the delta, its optimiser state and theta0 + a Delta are float32 (master weights),
+and every function of a module runs the forward pass in float32 on float32 copies of the weights
+(each weight is exactly representable in float32: this measures the half-precision model's own
+function, without its rounding). Float32 and float64 models are computed as they are.
 """
 
 from __future__ import annotations
@@ -29,6 +36,21 @@ from ..core.errors import AlmostLinearError, EmptyDataError, NonFiniteError, Sha
 
 Params = dict[str, torch.Tensor]
 Function = Callable[[Params], torch.Tensor]
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+def _master(value: torch.Tensor) -> torch.Tensor:
+    """A float32 copy of a half-precision tensor; other tensors as they are."""
+    return value.float() if value.dtype in HALF else value
+
+
+def _masters(params: Params) -> Params:
+    return {n: _master(p) for n, p in params.items()}
+
+
+def _has_half(tensors: Iterable[torch.Tensor]) -> bool:
+    return any(t.dtype in HALF for t in tensors)
 
 
 def select_parameters(model: nn.Module, chosen: Iterable[str] | Callable[[str, torch.Tensor], bool]) -> Params:
@@ -59,14 +81,16 @@ def _check_delta(params0: Params, delta: Params) -> None:
 
 
 def shifted(params0: Params, delta: Params, alpha: float = 1.0) -> Params:
-    return {n: params0[n] + alpha * delta[n] for n in params0}
+    """``theta0 + alpha Delta``, in float32 where ``theta0`` is half precision (never rounded back)."""
+    return {n: _master(params0[n]) + alpha * delta[n] for n in params0}
 
 
 def first_order(f: Function, params0: Params, delta: Params) -> tuple[torch.Tensor, torch.Tensor]:
     """``(f(theta0), J Delta)`` in one forward-mode pass."""
     _check_delta(params0, delta)
-    tangents = {n: delta[n].to(params0[n].dtype) for n in params0}
-    out, tangent = jvp(f, (params0,), (tangents,))
+    primals = _masters(params0)
+    tangents = {n: delta[n].to(primals[n].dtype) for n in primals}
+    out, tangent = jvp(f, (primals,), (tangents,))
     return out.detach(), tangent.detach()
 
 
@@ -139,10 +163,18 @@ def module_function(model: nn.Module, *args, output: Callable[[object], torch.Te
                     **kwargs) -> Function:
     """``f(params) = output(model(*args, **kwargs))`` with ``params`` swapped in functionally.
 
-    Every call runs with eager attention, so the values and the jvp come from one implementation.
+    Every call runs with eager attention, so the values and the jvp come from one implementation. A
+    model with half-precision weights or buffers runs in float32 on float32 copies of them, made per
+    call (so they live only while the call and its backward do).
     """
+    half = _has_half(model.parameters()) or _has_half(model.buffers())
 
     def f(params: Params) -> torch.Tensor:
+        if half:
+            values = {n: _master(t.detach()) for n, t in model.named_parameters()}
+            values.update((n, _master(t)) for n, t in model.named_buffers())
+            values.update(_masters(params))
+            params = values
         with eager_attention(model):
             out = functional_call(model, params, args, kwargs)
         return output(out) if output is not None else out
@@ -182,7 +214,9 @@ def finetune_delta(loss: Callable[[Params], torch.Tensor] | None, params0: Param
 
     With ``linearised_f`` and ``linearised_loss`` the fine-tune runs in the tangent space: the loss
     is ``linearised_loss(f(theta0) + J (theta - theta0))`` (linearised fine-tuning, arXiv 2305.12827).
-    ``losses``, when given, receives the loss before each step.
+    ``losses``, when given, receives the loss before each step. For half-precision ``params0`` the
+    delta and the optimiser state are float32 (Adam's second moment underflows in float16, and steps
+    below a bfloat16 step would be lost), and so is the returned delta.
     """
     if steps < 1:
         raise ShapeError(f"steps must be at least 1, got {steps}")
@@ -191,22 +225,22 @@ def finetune_delta(loss: Callable[[Params], torch.Tensor] | None, params0: Param
         raise AlmostLinearError("linearised fine-tuning needs both linearised_f and linearised_loss")
     if linearised_f is None and loss is None:
         raise AlmostLinearError("give a loss, or linearised_f and linearised_loss")
-    delta = {n: torch.zeros_like(p, requires_grad=True) for n, p in params0.items()}
+    delta = {n: torch.zeros_like(_master(p), requires_grad=True) for n, p in params0.items()}
     opt = torch.optim.SGD(delta.values(), lr=lr) if optimizer == "sgd" else torch.optim.Adam(delta.values(), lr=lr)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc="fine-tuning the delta", leave=False)
-    for _ in range(steps):
+    for step in range(steps):
         opt.zero_grad(set_to_none=True)
         if linearised_f is not None:
-            out, tangent = jvp(linearised_f, ({n: p for n, p in params0.items()},), (dict(delta),))
+            out, tangent = jvp(linearised_f, (_masters(params0),), (dict(delta),))
             value = linearised_loss(out.detach() + tangent)
         else:
             value = loss(shifted(params0, delta))
         if not torch.isfinite(value):
-            raise NonFiniteError("the fine-tuning loss became NaN or infinite: lower the learning rate")
+            raise NonFiniteError(_non_finite_message(step, params0, value))
         if losses is not None:
             losses.append(float(value.detach()))
         value.backward()
@@ -217,6 +251,19 @@ def finetune_delta(loss: Callable[[Params], torch.Tensor] | None, params0: Param
     if bar is not None:
         bar.close()
     return {n: d.detach() for n, d in delta.items()}
+
+
+def _non_finite_message(step: int, params0: Params, value: torch.Tensor) -> str:
+    """Name the likely cause: before any step the learning rate cannot be it."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params0.values()} | {str(value.dtype).removeprefix("torch.")})
+    if step == 0:
+        return (f"the fine-tuning loss is NaN or infinite before any step (dtypes {', '.join(dtypes)}), so the "
+                "learning rate is not the cause: the loss function overflows or its inputs are not finite"
+                + ("; float16 ends at 65504: compute the loss in float32 or load the model in bfloat16"
+                   if "float16" in dtypes else ""))
+    return (f"the fine-tuning loss became NaN or infinite at step {step + 1}: lower the learning rate"
+            + (f" (dtypes {', '.join(dtypes)}: a loss computed in float16 can also overflow, so compute it in "
+               "float32)" if "float16" in dtypes else ""))
 
 
 # -- task arithmetic, real and linearised ---------------------------------------------------------

@@ -20,6 +20,7 @@ from ..core.collect import model_device, tokenize
 from ..core.threads import one_thread
 from ..zoo.digits_data import digits
 from .tangent import (
+    HALF,
     TaskAddition,
     finetune_delta,
     lm_logits_function,
@@ -163,6 +164,12 @@ class TangentSection(Section):
             f"explains {profile.explained[ALPHAS.index(1.0)]:.4f} of the change (relative weight change "
             f"{profile.relative_delta:.2g}); at a = {ALPHAS[-1]:g}, {profile.explained[-1]:.3f}."
         )
+        dtype = next(iter(params0.values())).dtype
+        if dtype in HALF:
+            result.notes.append(
+                f"The model's weights are {str(dtype).removeprefix('torch.')}: the delta, Adam's state and every "
+                "forward pass and jvp here run in float32 on float32 copies of the weights (exact), because "
+                "the change a short fine-tune causes is near the rounding noise of a half-precision forward pass.")
 
     def _digits(self, ctx: AuditContext, result: SectionResult) -> None:
         steps = 20 if ctx.budget.neutral_texts <= 8 else 30 if ctx.quick else 150
