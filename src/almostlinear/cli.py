@@ -24,7 +24,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             raise EmptyDataError(f"{args.texts} has no non-empty lines")
         texts = {"neutral": lines}
     report = run_audit(args.model, out=args.out, quick=args.quick, device=args.device, sections=sections,
-                       seed=args.seed, texts=texts, progress=say, progress_bar=progress_bar)
+                       seed=args.seed, texts=texts, progress=say, progress_bar=progress_bar, dtype=args.dtype,
+                       device_map=args.device_map, max_memory=_max_memory(args.max_memory),
+                       offload_folder=args.offload_folder, random_weights=args.random_weights)
     print(report.summary())
     print(f"wrote {os.path.join(args.out, 'report.json')} and {os.path.join(args.out, 'report.html')}")
     failed = [s.id for s in report.sections if s.status == "failed"]
@@ -32,6 +34,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"sections that failed: {', '.join(failed)} (see the report's notes)", file=sys.stderr)
         return 1
     return 0
+
+def _max_memory(text: str | None) -> dict | None:
+    """``"0=20GiB,cpu=60GiB"`` as accelerate's ``max_memory`` (GPU indices as integers)."""
+    if not text:
+        return None
+    from .core.errors import ChoiceError
+
+    limits: dict = {}
+    for part in text.split(","):
+        device, sep, size = part.partition("=")
+        if not sep or not device.strip() or not size.strip():
+            raise ChoiceError(f"--max-memory takes DEVICE=SIZE pairs such as 0=20GiB,cpu=60GiB; got {part!r}")
+        device = device.strip()
+        limits[int(device) if device.isdigit() else device] = size.strip()
+    return limits
+
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .core.embedded import available
@@ -69,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--texts", default=None,
                        help="a UTF-8 file, one text per line, to use instead of model-generated neutral text")
     audit.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    audit.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="the weights' dtype")
+    audit.add_argument("--device-map", default=None,
+                       help="place the model with accelerate (e.g. auto: fill the GPUs, then CPU, then disk); "
+                            "--device is then not used for loading")
+    audit.add_argument("--max-memory", default=None, help="with --device-map: limits such as 0=20GiB,cpu=60GiB")
+    audit.add_argument("--offload-folder", default=None, help="with --device-map: where weights go on the disk tier")
+    audit.add_argument("--random-weights", action="store_true",
+                       help="build the architecture from its config with random weights (timing runs)")
     audit.set_defaults(func=cmd_audit)
 
     models = sub.add_parser("models", help="list the models available offline")

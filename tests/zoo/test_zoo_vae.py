@@ -12,12 +12,13 @@ from almostlinear.zoo.vae import (
     digits_scorer,
     digits_vae,
     elbo,
-    load_digits,
 )
+from almostlinear.zoo.digits_data import digits
+
 
 
 def test_digits_split_is_disjoint_and_scaled():
-    data = load_digits()
+    data = digits("vae")
     assert data.x_train.shape[1] == 64 and len(data.x_train) + len(data.x_test) == 1797
     assert float(data.x_train.min()) >= 0 and float(data.x_train.max()) <= 1
     train_rows = {tuple(r) for r in data.x_train.tolist()}
@@ -43,7 +44,7 @@ def test_training_is_deterministic_and_cached_by_content(tmp_path, monkeypatch):
 
 
 def test_trained_vae_reconstructs_digits_a_classifier_recognises():
-    data = load_digits()
+    data = digits("vae")
     vae, scorer = digits_vae(), digits_scorer()
     raw = float((classify(scorer, data.x_test) == data.y_test).float().mean())
     recon = float((classify(scorer, vae.decode(vae.encode(data.x_test))) == data.y_test).float().mean())
@@ -66,7 +67,7 @@ def test_wrong_widths_are_refused():
 
 def test_negative_elbo_equals_torch_distributions_with_the_same_noise():
     vae = DigitsVAE(latent=3, hidden=16)
-    x = load_digits().x_test[:7]
+    x = digits("vae").x_test[:7]
     loss = vae.loss(x, beta=0.5, generator=torch.Generator().manual_seed(4))
     mean, log_var = vae.posterior(x)
     noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(4))

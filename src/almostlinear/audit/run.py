@@ -39,8 +39,14 @@ class AuditReport:
 def run_audit(model: str | LoadedModel = DEFAULT_MODEL, *, out: str | Path | None = None, quick: bool = False,
               device: str = "cpu", sections: list[str] | None = None, seed: int = 0,
               budget: Budget | None = None, texts: dict[str, list] | None = None, progress=print,
-              progress_bar=None) -> AuditReport:
+              progress_bar=None, dtype: str | torch.dtype = "float32", device_map: str | dict | None = None,
+              max_memory: dict | None = None, offload_folder: str | Path | None = None,
+              random_weights: bool = False) -> AuditReport:
     """Audit ``model`` and, when ``out`` is given, write ``report.json`` and ``report.html`` there.
+
+    ``dtype``, ``device_map``, ``max_memory``, ``offload_folder`` and ``random_weights`` go to
+    :func:`~almostlinear.core.models.load` (unused when ``model`` is already loaded); the report's
+    settings record the dtype and placement the audit ran with.
 
     ``texts`` replaces a text source with the caller's own: ``{"neutral": [str, ...]}`` for the
     linearity and lens sections, ``{"cities": [Statement, ...]}`` for the truth probes.
@@ -53,7 +59,11 @@ def run_audit(model: str | LoadedModel = DEFAULT_MODEL, *, out: str | Path | Non
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for, but torch sees no CUDA device on this machine; "
                           "use --device cpu")
-    loaded = model if isinstance(model, LoadedModel) else load(model, device=device, progress=progress)
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        loaded = load(model, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                      offload_folder=offload_folder, random_weights=random_weights, progress=progress)
     budget = budget or (Budget.quick() if quick else Budget.full())
     ctx = AuditContext(loaded, budget, seed=seed, progress=progress, sources=dict(texts or {}),
                        source_builder=build_source)
@@ -64,6 +74,7 @@ def run_audit(model: str | LoadedModel = DEFAULT_MODEL, *, out: str | Path | Non
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": time.perf_counter() - began,
         "settings": {"quick": quick, "own_texts": sorted(texts or {}), "device": device, "seed": seed, "threads": torch.get_num_threads(),
+                     "dtype": loaded.dtype, "device_map": loaded.device_map, "random_weights": loaded.random_weights,
                      "budget": to_json(budget), "sections": [s.id for s in chosen]},
         "model": {"name": loaded.name, "path": loaded.path, "kind": loaded.kind,
                   "fingerprint": loaded.fingerprint, "structure": loaded.structure.summary()},

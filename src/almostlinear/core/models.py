@@ -168,9 +168,13 @@ def _from_folder(path: Path, name: str, dtype: torch.dtype, placement: _Placemen
     else:
         model = loader.from_pretrained(path, dtype=dtype).to(placement.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    device_map = getattr(model, "hf_device_map", None) if placement.device_map is not None else None
+    device_map = None
+    if placement.device_map is not None:
+        # transformers sets no hf_device_map when the whole model landed on one device
+        placed = getattr(model, "hf_device_map", None)
+        device_map = dict(placed) if placed else {"": str(next(model.parameters()).device)}
     return LoadedModel(model, tokenizer, name, str(path), "causal-lm" if causal else "encoder",
-                       device_map=dict(device_map) if device_map is not None else None,
+                       device_map=device_map,
                        random_weights=placement.random_weights)
 
 

@@ -9,13 +9,22 @@ and of the key statistics it used. Where it acts (the MLP down projections of it
 on exceptions; ``bake_`` makes it permanent and returns the :class:`~almostlinear.core.lever.Baked`
 record whose ``undo_()`` restores the replaced weights bit for bit (float addition is not exactly
 invertible, so subtracting the delta would not be).
+
+Half precision: a bfloat16 weight keeps 8 significant bits, so the small entries of ``ΔW`` round
+away when ``W + ΔW`` is stored (a ROME edit with ``‖ΔW‖/‖W‖ ≈ 0.003`` loses about a tenth of its
+change at the edited key). Half-precision writes round ``W + ΔW`` once, from float64;
+:meth:`LowRankEdit.realised_error` measures what survives at the edit's keys, ``apply``/``bake_``
+warn (:class:`EditRoundingWarning`) above :data:`REALISED_TOLERANCE`, and ``apply(model,
+exact=True)`` adds ``B (A x)`` in float32 to the down projection's output by a hook instead of
+writing the weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import InitVar, dataclass, field
 from typing import Any
@@ -26,6 +35,7 @@ from torch import nn
 from ..core.artifact import Artifact, ArtifactError, FingerprintWarning, Where
 from ..core.digest import digest, tensor_digest
 from ..core.errors import NonFiniteError, ShapeError
+from ..core.hooks import _after_ours
 from ..core.lever import (UNITS, Baked, ModelView, as_model, bake_weights, check_strength, parameter_name,
                           temporarily_changed)
 from ..core.locate import Structure, linear_weight
@@ -33,6 +43,35 @@ from .access import dense_down_proj
 from .moments import relative_difference
 
 SITE = "mlp_down_proj"  # the weight role every edit of this family writes
+HALF = (torch.bfloat16, torch.float16)
+# Relative error at the edited keys above which writing an edit into half-precision weights warns
+REALISED_TOLERANCE = 1e-2
+
+
+class EditRoundingWarning(UserWarning):
+    """An edit written into half-precision weights lost more than :data:`REALISED_TOLERANCE` of its
+    change at the edited keys (``errors`` holds the relative error per edited layer)."""
+
+    def __init__(self, message: str, errors: Sequence[float] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+def written(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """The value an edit stores for ``weight + delta`` (``delta`` float64): one rounding of the exact
+    sum for half-precision weights; for others, ``delta`` rounded to the weight's dtype and added
+    there (as edits have always been written)."""
+    delta = delta.to(weight.device)
+    if weight.dtype in HALF:
+        return (weight.double() + delta).to(weight.dtype)
+    return weight + delta.to(weight.dtype)
+
+
+def relative_error(realised: torch.Tensor, intended: torch.Tensor) -> float:
+    """``‖realised − intended‖ / ‖intended‖`` (0 for a zero change realised exactly)."""
+    scale = float(intended.norm())
+    error = float((realised - intended).norm())
+    return error / scale if scale > 0 else (0.0 if error == 0 else float("inf"))
 
 
 @dataclass(frozen=True)
@@ -118,16 +157,75 @@ class LowRankEdit(Artifact):
             warnings.warn(message, FingerprintWarning, stacklevel=4)
         return modules
 
+    def _realised(self, index: int, before: torch.Tensor, after: torch.Tensor, strength: float) -> float:
+        """Relative error of the change ``after − before`` of layer ``index``'s weight at its keys."""
+        keys = self.keys[index].double().to(before.device)
+        realised = keys @ (after.double() - before.double()).T  # [n, d_out]
+        return relative_error(realised, self.shift(index, keys) * strength)
+
+    def _hook_term(self, index: int, strength: float, like: torch.Tensor):
+        """``x ↦ strength · B (A x)`` in float32 (or wider), the exact mode's addition at layer ``index``."""
+        dtype = torch.promote_types(like.dtype, torch.float32)
+        a = self.a[index].to(device=like.device, dtype=dtype)
+        b = (self.b[index].double() * strength).to(device=like.device, dtype=dtype)
+        return lambda x: (x.to(dtype) @ a.T) @ b.T
+
+    def _warn_rounding(self, errors: list[float], dtype: torch.dtype) -> None:
+        worst = max(errors)
+        if worst > REALISED_TOLERANCE:
+            where = ", ".join(f"layer {layer}: {e:.3g}" for layer, e in zip(self.layers, errors))
+            warnings.warn(EditRoundingWarning(
+                f"this {self.method} edit, written into {str(dtype).removeprefix('torch.')} weights, realises its "
+                f"change at the edited keys with relative error {worst:.3g} ({where}; tolerance "
+                f"{REALISED_TOLERANCE:g}): rounding W + ΔW to the weights' dtype loses that much. apply(model, "
+                "exact=True) adds the factors in float32 by a hook instead; or edit a float32 copy of the model",
+                errors), stacklevel=5)
+
     def _change(self, modules: list[nn.Module], strength: float):
         def change() -> None:
             if strength == 0.0:
                 return
+            errors, dtype = [], None
             for i, module in enumerate(modules):
                 weight = linear_weight(module)
                 delta = self.delta(i) * strength if strength != 1.0 else self.delta(i)
-                weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
+                if weight.dtype not in HALF:
+                    weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
+                    continue
+                new = written(weight, delta)
+                errors.append(self._realised(i, weight, new, strength))
+                dtype = weight.dtype
+                weight.copy_(new)
+            if errors:
+                self._warn_rounding(errors, dtype)
 
         return change
+
+    def realised_error(self, model: Any, strength: float = 1.0, *, exact: bool = False, strict: bool = True,
+                       structure: Structure | None = None) -> list[float]:
+        """Per edited layer, the relative error ``‖realised − intended‖ / ‖intended‖`` of the change at
+        the edit's keys (``intended = strength · ΔW k``), on ``model`` as it is (unedited).
+
+        Without ``exact``: ``realised = (W' − W) k`` for the ``W'`` that ``apply``/``bake_`` write
+        (in float32 about 1e-7; in bfloat16 it grows as ``‖ΔW‖/‖W‖`` shrinks). With ``exact``: the
+        term the exact mode's hook adds, ``B (A k)`` in float32. The model is not changed.
+        """
+        strength = check_strength(strength, self.strength_units[0])
+        modules = self._targets(as_model(model, structure=structure), strict)
+        errors = []
+        with torch.no_grad():
+            for i, module in enumerate(modules):
+                if strength == 0.0:
+                    errors.append(0.0)
+                    continue
+                weight = linear_weight(module).detach()
+                if exact:
+                    keys = self.keys[i].to(weight.device)
+                    realised = self._hook_term(i, strength, weight)(keys).double()
+                    errors.append(relative_error(realised, self.shift(i, keys) * strength))
+                else:
+                    errors.append(self._realised(i, weight, written(weight, self.delta(i) * strength), strength))
+        return errors
 
     def _prepare(self, model: Any, strength: float, strict: bool, structure: Structure | None):
         strength = check_strength(strength, self.strength_units[0])
@@ -136,17 +234,47 @@ class LowRankEdit(Artifact):
         names = [parameter_name(view.module, module.weight) for module in modules]
         return view, names, self._change(modules, strength)
 
-    def apply(self, model: Any, strength: float = 1.0, *, strict: bool = True,
+    def apply(self, model: Any, strength: float = 1.0, *, strict: bool = True, exact: bool = False,
               structure: Structure | None = None) -> AbstractContextManager[nn.Module]:
         """Add ``strength · ΔW`` while the context is open; restore the weights bit for bit on exit.
 
         ``strength`` multiplies the stored delta (units ``"raw"``; ``0`` leaves the model as it is).
         With ``strict`` (the default) weights other than the ones the edit was computed on are an
         error; with ``strict=False`` a :class:`~almostlinear.core.artifact.FingerprintWarning`.
-        Every check runs before anything is changed.
+        Every check runs before anything is changed. Written into half-precision weights, an edit
+        that loses more than :data:`REALISED_TOLERANCE` at its keys warns (:class:`EditRoundingWarning`).
+        ``exact=True`` leaves the weights alone and adds ``strength · B (A x)``, computed in float32,
+        to each edited down projection's output ``W x`` by a forward hook, removed on exit; the
+        sum is rounded once to the model's dtype, like any activation.
         """
-        view, names, change = self._prepare(model, strength, strict, structure)
-        return temporarily_changed(view, names, change)
+        if not exact:
+            view, names, change = self._prepare(model, strength, strict, structure)
+            return temporarily_changed(view, names, change)
+        strength = check_strength(strength, self.strength_units[0])
+        view = as_model(model, structure=structure)
+        return self._hooked(view, self._targets(view, strict), strength)
+
+    @contextlib.contextmanager
+    def _hooked(self, view: ModelView, modules: list[nn.Module], strength: float) -> Iterator[nn.Module]:
+        handles = []
+        try:
+            for i, module in enumerate(modules):
+                if strength == 0.0:
+                    break
+                term = self._hook_term(i, strength, linear_weight(module))
+
+                def hook(_module, args, output, term=term):
+                    return (output.to(torch.promote_types(output.dtype, torch.float32)) + term(args[0])
+                            ).to(output.dtype)
+
+                hook._almostlinear = True  # type: ignore[attr-defined]
+                handle = module.register_forward_hook(hook, prepend=True)
+                _after_ours(module._forward_hooks, handle.id)
+                handles.append(handle)
+            yield view.module
+        finally:
+            while handles:
+                handles.pop().remove()
 
     def footprint(self) -> list[dict]:
         """Per edited layer: the keys it reads (rows of ``a``) and the residual directions it writes (columns of ``b``)."""
@@ -160,7 +288,9 @@ class LowRankEdit(Artifact):
               structure: Structure | None = None) -> Baked:
         """Make the edit permanent; the returned record's ``undo_()`` reverses it exactly.
 
-        Edits baked later on the same layers must be undone first (last baked, first undone).
+        Edits baked later on the same layers must be undone first (last baked, first undone). The
+        exact mode is a hook and has no permanent form: in half precision, :meth:`realised_error`
+        says what the bake keeps.
         """
         view, names, change = self._prepare(model, strength, strict, structure)
         return bake_weights(view, names, change, kind=self.kind)

@@ -23,7 +23,7 @@ from ..core.locate import linear_weight
 from ..core.models import fingerprint as model_fingerprint
 from ..core.sites import Site
 from .access import dense_down_proj, unpack
-from .artifact import SITE, KeyStatistics, LowRankEdit
+from .artifact import SITE, KeyStatistics, LowRankEdit, written
 from .hparams import EditHyperParams, hparams_for
 from .request import EditRequest, EditRequestError
 from .rank_one import _request_dict
@@ -106,8 +106,8 @@ def _batch_edit(model: Any, tokenizer, requests: Sequence[EditRequest], *, layer
             weight = linear_weight(module)
             delta = b @ a
             info["update_norm_ratio"] = float(delta.norm() / weight.detach().double().norm())
-            with torch.no_grad():
-                weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
+            with torch.no_grad():  # as apply writes it, so later layers are solved against the same weights
+                weight.copy_(written(weight, delta))
             a_list.append(a.float())
             b_list.append(b.float())
             key_list.append(keys.float())
@@ -127,12 +127,16 @@ def _batch_edit(model: Any, tokenizer, requests: Sequence[EditRequest], *, layer
         data_hash=",".join(stats[l].content_hash for l in layers), units="raw",
         extra={"hparams": hp.replace(layers=tuple(layers)).to_dict()},
     )
-    return LowRankEdit(
+    edit = LowRankEdit(
         a=torch.stack(a_list), b=torch.stack(b_list), keys=torch.stack(key_list),
         base_hashes=base_hashes, stats_hashes=[stats[l].content_hash for l in layers],
         requests=[_request_dict(r) for r in requests], method=method, diagnostics=diagnostics,
         provenance=provenance,
     )
+    # what writing the edit into this model's weights keeps of it at the keys (large in half precision)
+    for info, error in zip(per_layer, edit.realised_error(view, strict=False)):
+        info["realised_error"] = error
+    return edit
 
 
 def memit(model: Any, tokenizer, requests: Sequence[EditRequest], *, layers: Sequence[int] | None = None,

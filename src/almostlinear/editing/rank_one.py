@@ -91,9 +91,12 @@ def rome(model: Any, tokenizer, request: EditRequest, *, layer: int | None = Non
         model_fingerprint=fp, where=Where(SITE, (layer,)), method="rome (r-ROME key)",
         data_hash=stats.content_hash, units="raw", extra={"hparams": hp.replace(layer=layer).to_dict()},
     )
-    return RankOneEdit(
+    edit = RankOneEdit(
         a=u.float()[None, None], b=v.float()[None, :, None], keys=key.float()[None, None],
         base_hashes=[tensor_digest(module.weight)], stats_hashes=[stats.content_hash],
         requests=[_request_dict(request)], method="rome", diagnostics=diagnostics,
         value=(current + value.delta).float(), provenance=provenance,
     )
+    # what writing the edit into this model's weights keeps of it at k* (large in half precision)
+    diagnostics["realised_error"] = edit.realised_error(view, strict=False)[0]
+    return edit

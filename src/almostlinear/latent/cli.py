@@ -18,7 +18,8 @@ def latent_command(source: int = 3, target: int = 8, *, steps: int = 9, out: str
     one test digit of each class: pixel cross-fade, straight path, spherical path, and arithmetic.
     """
     from ..core.errors import ShapeError
-    from ..zoo.vae import digits_vae, load_digits
+    from ..zoo.digits_data import digits
+    from ..zoo.vae import digits_vae
     from .digits import KINDS, demo_grid, score_digits
     from .artifact import AttributeDirection
     from .grid import save_grid
@@ -51,7 +52,7 @@ def latent_command(source: int = 3, target: int = 8, *, steps: int = 9, out: str
         print(f"wrote {path}", file=stream)
         result["image"] = path
     if direction_out is not None:
-        data = load_digits()
+        data = digits("vae")
         direction = AttributeDirection.fit(vae.encode(data.x_train), data.y_train, source, target, space="digits-vae")
         path = direction.save(direction_out)
         print(f"saved the direction mean_{target} - mean_{source} to {path}", file=stream)

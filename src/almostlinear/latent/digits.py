@@ -13,7 +13,8 @@ import torch
 
 from ..core.errors import ShapeError
 from ..core.threads import one_thread
-from ..zoo.vae import DigitsVAE, classify, digits_scorer, digits_vae, load_digits
+from ..zoo.digits_data import digits
+from ..zoo.vae import DigitsVAE, classify, digits_scorer, digits_vae
 from .artifact import AttributeDirection
 from .paths import lerp, slerp
 from .score import path_agreement, path_predictions, per_step_agreement, transfer_success
@@ -63,7 +64,7 @@ def score_digits(*, pairs: list[tuple[int, int]] | None = None, per_pair: int = 
     with one_thread():
         vae = vae or digits_vae()
         scorer = scorer or digits_scorer()
-        data = load_digits()
+        data = digits("vae")
         decode, judge = vae.decode, (lambda images: classify(scorer, images))
         z_train, z_test = vae.encode(data.x_train), vae.encode(data.x_test)
         generator = torch.Generator().manual_seed(seed)
@@ -122,7 +123,7 @@ def demo_grid(a: int, b: int, *, steps: int = 9, seed: int = 0, vae: DigitsVAE |
     The arithmetic row moves one test digit ``a`` by ``(mean_b - mean_a) * s`` for ``s`` from 0 to 1.
     """
     vae = vae or digits_vae()
-    data = load_digits()
+    data = digits("vae")
     generator = torch.Generator().manual_seed(seed)
     ia = int(_examples(data.y_test, a, 1, generator)[0])
     ib = int(_examples(data.y_test, b, 1, generator)[0])

@@ -11,7 +11,8 @@ import importlib.util
 from ..core.section import AuditContext, Section
 from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.threads import one_thread
-from ..zoo.vae import digits_vae, elbo, load_digits
+from ..zoo.digits_data import digits
+from ..zoo.vae import digits_vae, elbo
 from .digits import KINDS, score_digits
 
 SLERP_SOURCE = "arXiv 1609.04468"
@@ -32,7 +33,7 @@ class LatentPaths(Section):
         with one_thread():
             vae = digits_vae()
             scores = score_digits(per_pair=per_pair, steps=steps, seed=ctx.seed, vae=vae)
-            test_elbo = elbo(vae, load_digits().x_test)
+            test_elbo = elbo(vae, digits("vae").x_test)
         for kind in KINDS:
             result.metrics.append(Metric(f"path_agreement_{kind}", scores.agreement[kind], "fraction",
                                          note="decoded steps classified as the nearer endpoint's digit"
@@ -61,7 +62,7 @@ class LatentPaths(Section):
             "agreement", [Series(kind, xs, [None if v != v else v for v in scores.per_step[kind]]) for kind in KINDS]))
         best = max(("lerp", "slerp"), key=lambda k: scores.agreement[k])
         result.notes += [
-            f"VAE with an 8-dimensional Gaussian code on scikit-learn's 8x8 digits ({len(load_digits().y_train)} "
+            f"VAE with an 8-dimensional Gaussian code on scikit-learn's 8x8 digits ({len(digits('vae').y_train)} "
             f"training, {scores.n_test} test images); a separate one-hidden-layer classifier judges decoded images. "
             f"{len(scores.pairs)} ordered digit pairs × {per_pair} test pairs each, {steps} steps per path.",
             f"Latent paths agree with the intended digit at {scores.agreement['lerp']:.2f} (lerp) and "

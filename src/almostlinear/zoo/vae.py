@@ -31,11 +31,6 @@ N_PIXELS = 64
 N_CLASSES = 10
 
 
-def load_digits() -> DigitsSplit:
-    """The digits as the VAE uses them: the ``"vae"`` split, pixels in ``[0, 1]``."""
-    return digits("vae")
-
-
 @dataclass(frozen=True)
 class VAEConfig:
     """Everything that determines the trained weights."""
@@ -134,7 +129,7 @@ def digits_vae(config: VAEConfig | None = None, *, cache: bool = True, **fields)
     if config is not None and fields:
         raise AlmostLinearError(f"give either a VAEConfig or its fields, not both (got {sorted(fields)})")
     config = config or VAEConfig(**fields)
-    data = load_digits()
+    data = digits("vae")
     path = cache_dir("zoo", "vae") / f"vae-{config.key(data.digest)}.safetensors"
     if cache and path.is_file():
         with _seeded(config.seed):  # the initial weights are overwritten; only the generator is spared
@@ -178,7 +173,7 @@ def train_scorer(data: DigitsSplit, *, epochs: int = 40, seed: int = 0) -> nn.Se
 
 def digits_scorer(*, cache: bool = True, seed: int = 0) -> nn.Sequential:
     """The cached digit classifier (logits ``[n, 10]`` from pixels in ``[0, 1]``)."""
-    data = load_digits()
+    data = digits("vae")
     key = file_key(f"scorer:{VERSION}:{seed}:{data.digest}")
     path = cache_dir("zoo", "vae") / f"scorer-{key}.safetensors"
     if cache and path.is_file():
