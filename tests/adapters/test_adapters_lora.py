@@ -256,3 +256,19 @@ def test_cli_module_and_package_face_import_no_torch():
     code = ("import sys, almostlinear.adapters.cli, almostlinear.adapters as a; a.__all__;"
             " sys.exit(int('torch' in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("where", ["A", "B", "scale"])
+def test_lora_factors_with_non_finite_values_are_refused(where):
+    from almostlinear.adapters import LoraFactors
+    from almostlinear.core.errors import NonFiniteError
+
+    a, b, scale = torch.ones(2, 3), torch.ones(4, 2), 1.0
+    if where == "A":
+        a[0, 0] = float("nan")
+    elif where == "B":
+        b[1, 1] = float("inf")
+    else:
+        scale = float("nan")
+    with pytest.raises(NonFiniteError):
+        LoraFactors(a, b, scale)

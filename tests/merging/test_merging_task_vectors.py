@@ -235,3 +235,11 @@ def test_a_non_finite_strength_is_refused_and_leaves_the_model_as_it_was(strengt
     with pytest.raises(NonFiniteError):
         tv.bake_(model, strength=strength)
     assert _same(model, base)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_task_vector_with_non_finite_deltas_is_refused(bad):
+    from almostlinear.core.errors import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="'w'"):
+        TaskVector({"w": torch.tensor([bad, 1.0]), "b": torch.zeros(2)})

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..core.errors import AlmostLinearError, ArtifactError, ShapeError
+from ..core.errors import AlmostLinearError, ArtifactError, NonFiniteError, ShapeError
 from ..core.lever import Baked, as_model, bake_weights, check_strength, temporarily_changed
 
 Tensor = torch.Tensor
@@ -52,6 +52,9 @@ class LoraFactors:
             raise ShapeError(f"LoRA factors must be matrices, got A {tuple(self.A.shape)} and B {tuple(self.B.shape)}")
         if self.A.shape[0] != self.B.shape[1]:
             raise ShapeError(f"LoRA rank mismatch: A has {self.A.shape[0]} rows, B has {self.B.shape[1]} columns")
+        if not (torch.isfinite(self.A).all() and torch.isfinite(self.B).all()) or not math.isfinite(self.scale):
+            raise NonFiniteError("LoRA factors or their scale contain NaN or infinite values; they would write "
+                                 "NaN into the weights")
 
     @property
     def rank(self) -> int:

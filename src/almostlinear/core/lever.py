@@ -42,7 +42,7 @@ from torch import nn
 from .artifact import FORMAT_VERSION, Artifact, read_header, write_file
 from .digest import tensor_digest
 from .errors import ArtifactError, LeverError, NonFiniteError, ShapeError, check_choice
-from .offload import is_offload_hooked, is_offloaded
+from .offload import is_offload_hooked, is_offloaded, readable
 from .units import UNITS
 
 def check_strength(strength: Any, units: str = "raw") -> float:
@@ -316,7 +316,7 @@ def bake_weights(model: Any, names: Iterable[str], change: Callable[[], None], *
 
 def _hash_of(module: nn.Module, name: str) -> str | None:
     value = get_parameter(module, name)
-    return None if value is None else tensor_digest(value)
+    return None if value is None else tensor_digest(readable(module, name, value))
 
 
 # --- the record of a bake ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..core.artifact import Artifact, Provenance, Where
-from ..core.errors import EmptyDataError, LeverError, ShapeError
+from ..core.errors import EmptyDataError, LeverError, NonFiniteError, ShapeError
 from ..core.lever import Baked, as_model, bake_weights, check_fingerprint, check_strength, temporarily_changed
 from .methods import trim_magnitude
 
@@ -51,6 +51,10 @@ class TaskVector(Artifact):
         bad = [k for k, v in self.deltas.items() if not isinstance(v, torch.Tensor)]
         if bad:
             raise ShapeError(f"a task vector holds tensors; {bad[0]!r} is a {type(self.deltas[bad[0]]).__name__}")
+        broken = [k for k, v in self.deltas.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:  # baking it would write NaN into the weights
+            raise NonFiniteError(f"the task vector's delta for {broken[0]!r} contains NaN or infinite values"
+                                 + (f" (and {len(broken) - 1} more tensors)" if len(broken) > 1 else ""))
         provenance = self.provenance
         if not provenance.units:  # also version 1 files, which stored units as free text or ""
             provenance = dataclasses.replace(provenance, units=UNITS)
