@@ -103,3 +103,27 @@ def test_a_command_run_in_process_puts_the_thread_count_back(tmp_path):
                  "--out", str(tmp_path / "out")])
     assert code == 2  # the missing model is a clear error, not a traceback
     assert torch.get_num_threads() == before
+
+
+def test_report_pairs_are_written_together_and_follow_the_umask(tmp_path):
+    import os
+    import stat
+    import threading
+
+    from almostlinear.audit.report import write_atomically
+
+    def run(tag: str) -> None:
+        for _ in range(30):
+            write_atomically(tmp_path, {"report.json": tag * 2000, "report.html": tag * 3000})
+
+    threads = [threading.Thread(target=run, args=(tag,)) for tag in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    json_text, html_text = (tmp_path / "report.json").read_text(), (tmp_path / "report.html").read_text()
+    assert json_text[0] == html_text[0] and len(set(json_text + html_text)) == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o666 & ~umask
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]

@@ -179,8 +179,17 @@ def render_html(report: dict, sections: list[SectionResult]) -> str:
 
 
 def write_atomically(folder: Path, files: dict[str, str]) -> None:
-    """Write every file to a temporary name first; rename only once all were written."""
+    """Write every file to a temporary name first; rename them together once all were written.
+
+    The renames run under an exclusive lock on ``folder/.lock``, so two audits writing to one folder
+    leave the files of one run side by side, never ``report.json`` of one beside ``report.html`` of
+    the other. Files get the permissions the umask allows, like any other file the user writes.
+    """
+    import fcntl
+
     folder.mkdir(parents=True, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
     staged = []
     try:
         for name, text in files.items():
@@ -189,9 +198,12 @@ def write_atomically(folder: Path, files: dict[str, str]) -> None:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~umask)
             staged.append((tmp, folder / name))
-        for tmp, target in staged:
-            os.replace(tmp, target)
+        with open(folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for tmp, target in staged:
+                os.replace(tmp, target)
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):
