@@ -268,3 +268,21 @@ def test_a_steering_vector_loads_in_a_fresh_process(tmp_path):
     code = (f"import almostlinear as al\nv = al.load_artifact({str(path)!r})\n"
             "assert type(v).__name__ == 'SteeringVector', type(v)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("header", [
+    {"kind": "test-vector", "format_version": 2, "fields": [], "provenance": {}},
+    {"kind": "test-vector", "format_version": 2, "fields": {"label": "x"}, "provenance": ["site"]},
+    {"kind": "test-vector", "format_version": 2, "fields": {"label": "x"}, "provenance": {"where": 5}},
+    {"kind": "test-vector", "format_version": "2", "fields": {}, "provenance": {}},
+    {"kind": ["test-vector"], "format_version": 2},
+    "[" * 100_000 + "]" * 100_000,
+])
+def test_malformed_headers_are_artifact_errors(tmp_path, header):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bad.safetensors"
+    text = header if isinstance(header, str) else json.dumps(header)
+    save_file({"vector": torch.zeros(3)}, str(path), metadata={"almostlinear": text})
+    with pytest.raises(ArtifactError):
+        artifact_module.load(path)

@@ -29,34 +29,27 @@ def _edit(model, keys=3, rank=2, layer=0):
     g = torch.Generator().manual_seed(3)
     a = torch.randn(1, rank, d_in, generator=g) / d_in ** 0.5
     b = torch.randn(1, d_out, rank, generator=g)
-    return down, LowRankEdit(a=a, b=b, keys=torch.randn(1, keys, d_in, generator=g),
+    keys = torch.randn(1, keys, d_in, generator=g).to(down.weight.dtype).float()  # keys the model can carry
+    return down, LowRankEdit(a=a, b=b, keys=keys,
                              base_hashes=[tensor_digest(down.weight)], stats_hashes=["none"], layers=[layer],
                              provenance=Provenance(model_fingerprint=fingerprint(model)))
 
 
-def _measured(edit, down, strength):
+def _measured(model, edit, down, strength):
     """Inside ``apply``: the change written into the weight, at the keys, against the intended one."""
     w0 = down.weight.detach().double().clone()
     keys = edit.keys[0].double()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EditRoundingWarning)
-        with torch.no_grad(), edit.apply(down_model(down), strength=strength):
+        with torch.no_grad(), edit.apply(model, strength=strength):
             realised = keys @ (down.weight.detach().double() - w0).T
     intended = strength * keys @ edit.delta(0).T
     return float((realised - intended).norm() / intended.norm())
 
 
-_OWNERS = {}
-
-
-def down_model(down):
-    return _OWNERS[id(down)]
-
-
 def _setup(dtype):
     model = _model(dtype)
     down, edit = _edit(model)
-    _OWNERS[id(down)] = model
     return model, down, edit
 
 
@@ -71,7 +64,7 @@ def test_reported_realised_error_matches_a_direct_measurement(dtype):
     for ratio in (1.0, 0.03, 0.0033):
         strength = _small(edit, down, ratio)
         [reported] = edit.realised_error(model, strength=strength)
-        assert reported == pytest.approx(_measured(edit, down, strength), rel=1e-9, abs=1e-15)
+        assert reported == pytest.approx(_measured(model, edit, down, strength), rel=1e-9, abs=1e-15)
     # a realistic small edit loses a noticeable part of its change in half precision
     assert edit.realised_error(model, strength=_small(edit, down, 0.0033))[0] > (0.03 if dtype == torch.bfloat16
                                                                                 else 0.003)
@@ -84,7 +77,7 @@ def test_float32_edits_are_written_as_before_and_lose_almost_nothing():
     with edit.apply(model, strength=strength):
         assert torch.equal(down.weight.detach(), expected)  # the float32 write rule is unchanged
     assert edit.realised_error(model, strength=strength)[0] < 1e-4
-    assert edit.realised_error(model, strength=strength)[0] == pytest.approx(_measured(edit, down, strength))
+    assert edit.realised_error(model, strength=strength)[0] == pytest.approx(_measured(model, edit, down, strength))
 
 
 def test_half_precision_write_rounds_the_exact_sum_once():

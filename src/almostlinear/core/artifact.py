@@ -96,6 +96,8 @@ class Provenance:
     def __post_init__(self) -> None:
         if isinstance(self.where, dict):
             object.__setattr__(self, "where", Where(**self.where))
+        if self.where is not None and not isinstance(self.where, Where):
+            raise ArtifactError(f"provenance.where must be a Where, got {self.where!r}")
         if not self.library_version:
             from .. import __version__
 
@@ -220,7 +222,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(f"{path} is a safetensors file but not an almostlinear artifact")
     try:
         header = json.loads(metadata[HEADER_KEY])
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise ArtifactError(f"{path} has a corrupt almostlinear header: {error}") from error
     if not isinstance(header, dict):
         raise ArtifactError(f"{path} has a corrupt almostlinear header: expected a JSON object")
@@ -228,29 +230,44 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike) -> Artifact:
-    """Rebuild whatever artifact ``path`` holds."""
+    """Rebuild whatever artifact ``path`` holds; a malformed header is an :class:`ArtifactError`."""
     header = read_header(path)
-    if header.get("format_version", 0) > FORMAT_VERSION:
+    try:
+        return _rebuild(path, header)
+    except ArtifactError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as error:
+        # A header written by hand or damaged: fields of the wrong type or shape, nesting too deep.
+        raise ArtifactError(f"{path} has a malformed almostlinear header ({type(error).__name__}: {error}); "
+                            "it was not written by this library or was damaged") from error
+
+
+def _rebuild(path, header: dict[str, Any]) -> Artifact:
+    version = header.get("format_version", 0)
+    if not isinstance(version, int):
+        raise ArtifactError(f"{path} has format_version {version!r}, not an integer")
+    if version > FORMAT_VERSION:
         raise ArtifactError(
-            f"{path} uses artifact format {header['format_version']}; this version of almostlinear "
+            f"{path} uses artifact format {version}; this version of almostlinear "
             f"reads up to {FORMAT_VERSION}: upgrade almostlinear"
         )
-    if header.get("format_version", 0) < 2:
+    if version < 2:
         header = _upgrade_v1(header)
     kind = header.get("kind")
     _import_families()
-    if kind not in _REGISTRY:
+    if not isinstance(kind, str) or kind not in _REGISTRY:
         raise ArtifactError(f"unknown artifact kind {kind!r} in {path}; known: {sorted(_REGISTRY)}")
     cls = _REGISTRY[kind]
     with safe_open(str(path), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    fields = header.get("fields", {})
+    fields, provenance = header.get("fields", {}), header.get("provenance", {})
+    if not isinstance(fields, dict) or not isinstance(provenance, dict):
+        raise ArtifactError(f"{path}: the header's fields and provenance must be JSON objects")
     names = {f.name for f in dataclasses.fields(cls)}
     # Fields a class has since moved into its provenance (site, layer, positions) are dropped.
     fields = {k: v for k, v in fields.items() if k in names or k not in ("site", "layer", "sites", "positions")}
     try:
-        provenance = Provenance(**header.get("provenance", {}))
-        return cls._join(tensors, fields, provenance)
+        return cls._join(tensors, fields, Provenance(**provenance))
     except TypeError as error:
         raise ArtifactError(f"{path} does not match {cls.__name__}: {error}") from error
 
