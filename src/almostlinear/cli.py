@@ -25,7 +25,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         texts = {"neutral": lines}
     report = run_audit(args.model, out=args.out, quick=args.quick, device=args.device, sections=sections,
                        seed=args.seed, texts=texts, progress=say, progress_bar=progress_bar, dtype=args.dtype,
-                       device_map=args.device_map, max_memory=_max_memory(args.max_memory),
+                       device_map=_device_map(args.device_map), max_memory=_max_memory(args.max_memory),
                        offload_folder=args.offload_folder, random_weights=args.random_weights)
     print(report.summary())
     print(f"wrote {os.path.join(args.out, 'report.json')} and {os.path.join(args.out, 'report.html')}")
@@ -34,6 +34,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"sections that failed: {', '.join(failed)} (see the report's notes)", file=sys.stderr)
         return 1
     return 0
+
+def _device_map(text: str | None):
+    """``auto`` (or another accelerate strategy, or a device) as is; a JSON object as a module → device map."""
+    if not text or not text.lstrip().startswith("{"):
+        return text
+    from .core.errors import ChoiceError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ChoiceError(f"--device-map: {text!r} is not valid JSON ({error.msg}); use auto or a JSON object") from error
+
 
 def _max_memory(text: str | None) -> dict | None:
     """``"0=20GiB,cpu=60GiB"`` as accelerate's ``max_memory`` (GPU indices as integers)."""
@@ -90,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="the weights' dtype")
     audit.add_argument("--device-map", default=None,
-                       help="place the model with accelerate (e.g. auto: fill the GPUs, then CPU, then disk); "
+                       help="place the model with accelerate: auto (fill the GPUs, then CPU, then disk), "
+                            "balanced, sequential, or a JSON object module -> device; "
                             "--device is then not used for loading")
     audit.add_argument("--max-memory", default=None, help="with --device-map: limits such as 0=20GiB,cpu=60GiB")
     audit.add_argument("--offload-folder", default=None, help="with --device-map: where weights go on the disk tier")

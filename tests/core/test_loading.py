@@ -68,12 +68,21 @@ def test_device_map_with_disk_offload(folder, tmp_path):
     assert torch.equal(got.logits, expected.logits)
 
 
-def test_everything_offloaded_by_a_memory_limit(folder, tmp_path):
-    path, model = folder
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # untied and tied embeddings
+def test_everything_offloaded_by_a_memory_limit(family, tmp_path):
+    model = build_model(family)
+    path = tmp_path / family
+    model.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
     loaded = load(str(path), device_map="auto", max_memory={"cpu": "1KB"}, offload_folder=tmp_path / "offload")
-    assert any(p.is_meta for p in loaded.model.parameters())
+    assert all(p.is_meta for p in loaded.model.parameters()) and loaded.device_map == {"": "disk"}
     assert loaded.fingerprint == fingerprint(model)
     assert loaded.structure.tied_embeddings == model.config.tie_word_embeddings
+    got = collect(loaded.model, loaded.tokenizer, TEXTS, SITES, logits=True)
+    expected = collect(model, make_tokenizer(), TEXTS, SITES, logits=True)
+    for site in SITES:
+        assert torch.equal(got[site], expected[site])
+    assert torch.equal(got.logits, expected.logits)
 
 
 def test_map_options_need_a_map(folder):
@@ -136,3 +145,12 @@ def test_max_memory_option():
     assert _max_memory(None) is None
     with pytest.raises(ChoiceError, match="DEVICE=SIZE"):
         _max_memory("20GiB")
+
+
+def test_device_map_option():
+    from almostlinear.cli import _device_map
+
+    assert _device_map("auto") == "auto" and _device_map(None) is None
+    assert _device_map('{"model": 0, "lm_head": "cpu"}') == {"model": 0, "lm_head": "cpu"}
+    with pytest.raises(ChoiceError, match="JSON"):
+        _device_map("{model: 0")

@@ -245,3 +245,27 @@ def test_resident_weights_of_a_dispatched_model_still_change(tmp_path):
     with temporarily_changed(dispatched, ["model.layers.0.mlp.down_proj.weight"], lambda: weight.mul_(2.0)):
         assert torch.equal(weight, 2 * original)
     assert torch.equal(weight, original)
+
+
+def test_parameter_value_reads_offloaded_weights(tmp_path):
+    from almostlinear.core.lever import parameter_value
+
+    model = build_model("llama")
+    dispatched = _dispatch(model, "layer_on_disk", tmp_path)
+    name = "model.layers.1.mlp.down_proj.weight"
+    expected = model.get_parameter(name)
+    assert torch.equal(parameter_value(dispatched, name), expected)
+    assert torch.equal(parameter_value(dispatched, dispatched.get_parameter(name)), expected)
+    resident = dispatched.model.layers[0].mlp.down_proj.weight
+    assert parameter_value(dispatched, resident) is resident
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_offload_reads_the_same_values(dtype, tmp_path):
+    model = build_model("llama").to(dtype)
+    for placement in PLACEMENTS:
+        dispatched = _dispatch(model, placement, tmp_path / placement)
+        assert fingerprint(dispatched) == fingerprint(model)
+        stored = _stored(dispatched)
+        assert all(torch.equal(stored[n], p) for n, p in model.named_parameters())
+        assert torch.equal(_logits(dispatched), _logits(model))

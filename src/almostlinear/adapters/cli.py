@@ -5,7 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import clitools
 from ..core.errors import AlmostLinearError
+
+
+def _read(read_peft, folder: str):
+    """One adapter; a malformed config or weights file is reported as a message, not a traceback."""
+    import re
+
+    from safetensors import SafetensorError
+
+    try:
+        return read_peft(folder)
+    except AlmostLinearError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError, RecursionError, re.error,
+            SafetensorError) as error:
+        raise AlmostLinearError(f"cannot read the adapter {folder}: {type(error).__name__}: {error}") from None
 
 
 def combine_command(args: argparse.Namespace) -> int:
@@ -13,7 +29,7 @@ def combine_command(args: argparse.Namespace) -> int:
     from .lora import read_peft, write_peft
 
     try:
-        adapters = [read_peft(f) for f in args.adapters]
+        adapters = [_read(read_peft, folder) for folder in args.adapters]
         weights = args.weights or [1.0] * len(adapters)
         if len(weights) != len(adapters):
             raise AlmostLinearError(f"{len(weights)} weights for {len(adapters)} adapters")
@@ -42,8 +58,8 @@ def combine_command(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add ``lora-combine`` to an argparse sub-parsers object."""
     p = sub.add_parser("lora-combine", help="add PEFT LoRA adapters exactly (sum of BA), optionally SVD to a rank")
-    p.add_argument("adapters", nargs="+", help="PEFT adapter folders")
-    p.add_argument("--weights", type=float, nargs="+", help="one weight per adapter (default 1 each)")
-    p.add_argument("--rank", type=int, help="truncate the sum to this rank by SVD and report the error")
-    p.add_argument("--out", required=True, help="output adapter folder")
+    p.add_argument("adapters", nargs="+", type=clitools.input_folder, help="PEFT adapter folders")
+    p.add_argument("--weights", type=clitools.finite_float, nargs="+", help="one weight per adapter (default 1 each)")
+    p.add_argument("--rank", type=clitools.positive_int, help="truncate the sum to this rank by SVD and report the error")
+    p.add_argument("--out", required=True, type=clitools.output_folder, help="output adapter folder")
     p.set_defaults(func=combine_command)

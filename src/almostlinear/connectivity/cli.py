@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .. import clitools
 from ..clitools import load_model, say
 
 
@@ -93,16 +94,17 @@ def register(sub) -> None:
     p = sub.add_parser("interpolate", help="cross-entropy on neutral text along the line between two models")
     p.add_argument("a", help="model at alpha = 0 (embedded name or local folder)")
     p.add_argument("b", nargs="?", default=None, help="model at alpha = 1 (default: a with Gaussian noise)")
-    p.add_argument("--noise", type=float, default=0.02, help="noise as a fraction of each tensor's RMS (no b)")
-    p.add_argument("--alphas", type=int, default=11, help="number of evenly spaced points, ends included")
-    p.add_argument("--texts", type=int, default=12)
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--noise", type=clitools.finite_float, default=0.02, help="noise as a fraction of each tensor's RMS (no b)")
+    p.add_argument("--alphas", type=clitools.int_at_least(2), default=11, help="number of evenly spaced points, ends included")
+    p.add_argument("--texts", type=clitools.positive_int, default=12, help="packaged neutral texts scored")
+    p.add_argument("--max-tokens", type=clitools.int_at_least(2), default=64, help="tokens per text at most")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the curve and barriers as JSON")
+    p.add_argument("--out", default=None, type=clitools.output_file, help="write the curve and barriers as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_interpolate)
     r = sub.add_parser("rebasin", help="barrier between independently trained digits MLPs before/after alignment")
-    r.add_argument("--widths", type=int, nargs="+", default=[64])
-    r.add_argument("--seeds", type=int, nargs=2, default=[100, 101])
-    r.add_argument("--out", default=None, help="write the numbers as JSON")
+    r.add_argument("--widths", type=clitools.positive_int, nargs="+", default=[64], help="hidden widths")
+    r.add_argument("--seeds", type=clitools.nonnegative_int, nargs=2, default=[100, 101],
+                   help="the two networks' training seeds")
+    r.add_argument("--out", default=None, type=clitools.output_file, help="write the numbers as JSON")
     r.set_defaults(func=_rebasin)

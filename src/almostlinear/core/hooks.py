@@ -124,7 +124,7 @@ class _Slot:
     handle: torch.utils.hooks.RemovableHandle | None = None
 
 
-def _after_ours(hooks, new_id: int) -> None:
+def order_after_ours(hooks, new_id: int) -> None:
     """Order a module's hooks as: ours from enclosing contexts, the new one, everything else.
 
     ``prepend=True`` puts the new hook before hooks other libraries added; this also keeps it after
@@ -209,7 +209,7 @@ class _Dispatcher:
 
             pre_hook._almostlinear = True  # type: ignore[attr-defined]
             handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
-            _after_ours(module._forward_pre_hooks, handle.id)
+            order_after_ours(module._forward_pre_hooks, handle.id)
             return handle
 
         def hook(_module, _args, output):
@@ -221,7 +221,7 @@ class _Dispatcher:
 
         hook._almostlinear = True  # type: ignore[attr-defined]
         handle = module.register_forward_hook(hook, prepend=True)
-        _after_ours(module._forward_hooks, handle.id)
+        order_after_ours(module._forward_hooks, handle.id)
         return handle
 
     def remove(self) -> None:

@@ -191,6 +191,21 @@ def get_parameter(module: nn.Module, name: str) -> torch.Tensor | None:
     return owner._parameters.get(leaf)
 
 
+def parameter_value(model: Any, parameter: str | torch.Tensor) -> torch.Tensor:
+    """The values of a parameter (by name, or the tensor itself), read from accelerate's store when offloaded.
+
+    An offloaded parameter is a meta tensor without values; reading it directly fails in torch.
+    """
+    module = as_model(model).module
+    if isinstance(parameter, str):
+        name, value = parameter, get_parameter(module, parameter)
+        if value is None:
+            raise LeverError(f"the model has no parameter {name!r}")
+    else:
+        name, value = (parameter_name(module, parameter) if is_offloaded(parameter) else ""), parameter
+    return readable(module, name, value)
+
+
 class WeightSnapshot:
     """Exact copies of some parameters (``None`` for one that did not exist), restorable in place."""
 

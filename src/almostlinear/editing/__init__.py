@@ -23,7 +23,7 @@ from ..core.lazy import lazy_exports
 # parser does not import torch through this package. No module is named like a function it
 # exports: importing the module would bind its name here and hide the function.
 _PUBLIC = {
-    "artifact": ("KeyStatistics", "LowRankEdit", "RankOneEdit"),
+    "artifact": ("EditRoundingWarning", "KeyStatistics", "LowRankEdit", "RankOneEdit"),
     "counterfact": ("CounterfactCase", "Relation", "counterfact_cases"),
     "eval": ("CounterfactScores", "EditEvaluation", "evaluate_edits"),
     "hparams": ("EditHyperParams", "default_layer", "default_layers", "hparams_for"),

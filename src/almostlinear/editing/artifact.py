@@ -35,7 +35,7 @@ from torch import nn
 from ..core.artifact import Artifact, ArtifactError, FingerprintWarning, Where
 from ..core.digest import digest, tensor_digest
 from ..core.errors import NonFiniteError, ShapeError
-from ..core.hooks import _after_ours
+from ..core.hooks import order_after_ours
 from ..core.lever import (UNITS, Baked, ModelView, as_model, bake_weights, check_strength, parameter_name,
                           temporarily_changed)
 from ..core.locate import Structure, linear_weight
@@ -269,7 +269,7 @@ class LowRankEdit(Artifact):
 
                 hook._almostlinear = True  # type: ignore[attr-defined]
                 handle = module.register_forward_hook(hook, prepend=True)
-                _after_ours(module._forward_hooks, handle.id)
+                order_after_ours(module._forward_hooks, handle.id)
                 handles.append(handle)
             yield view.module
         finally:

@@ -14,6 +14,7 @@ from typing import Any
 
 # torch and the editing maths are imported inside the commands: this module is imported whenever
 # the command-line parser is built.
+from .. import clitools
 from ..clitools import load_artifact, load_model, say, set_threads
 from ..core.errors import ArtifactError, check_choice
 from .request import EditRequest, EditRequestError
@@ -156,25 +157,25 @@ def register(sub) -> None:
     from ..core.defaults import DEFAULT_MODEL
 
     edit = sub.add_parser("edit", help="rewrite one fact in the weights (ROME/MEMIT/AlphaEdit) and save the edit")
-    edit.add_argument("--subject", required=True, help='the subject, e.g. "Eiffel Tower"')
-    edit.add_argument("--prompt", required=True, help='the prompt with {} for the subject, e.g. "{} is located in"')
-    edit.add_argument("--target", required=True, help='the new continuation, e.g. "Rome"')
+    edit.add_argument("--subject", required=True, type=clitools.nonempty_text, help='the subject, e.g. "Eiffel Tower"')
+    edit.add_argument("--prompt", required=True, type=clitools.nonempty_text, help='the prompt with {} for the subject, e.g. "{} is located in"')
+    edit.add_argument("--target", required=True, type=clitools.nonempty_text, help='the new continuation, e.g. "Rome"')
     edit.add_argument("--method", choices=METHODS, default="rome")
     edit.add_argument("--layer", type=int, default=None, help="block to edit (default: 10 %% of the depth)")
     edit.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, local folder, or hub id")
-    edit.add_argument("--out", default=None, help="save the edit to this .safetensors file")
-    edit.add_argument("--stats-tokens", type=int, default=None,
+    edit.add_argument("--out", default=None, type=clitools.output_file, help="save the edit to this .safetensors file")
+    edit.add_argument("--stats-tokens", type=clitools.positive_int, default=None,
                       help="tokens of model-generated text for the key statistics (cached per model)")
     edit.add_argument("--progress", action="store_true", help="show progress bars")
-    edit.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    clitools.add_threads(edit)
     edit.set_defaults(func=cmd_edit)
 
     gen = sub.add_parser("generate", help="continue prompts without and with a saved edit, side by side")
-    gen.add_argument("--edit", required=True, help="an edit file written by 'almostlinear edit'")
-    gen.add_argument("--prompt", required=True, action="append", help="a prompt (repeat for several)")
+    gen.add_argument("--edit", required=True, type=clitools.input_file, help="an edit file written by 'almostlinear edit'")
+    gen.add_argument("--prompt", required=True, action="append", type=clitools.nonempty_text, help="a prompt (repeat for several)")
     gen.add_argument("--model", default=DEFAULT_MODEL, help="the model the edit was made for")
-    gen.add_argument("--max-new-tokens", type=int, default=30)
+    gen.add_argument("--max-new-tokens", type=clitools.positive_int, default=30)
     gen.add_argument("--strict", action="store_true",
                      help="refuse (instead of warning) an edit made for another model")
-    gen.add_argument("--threads", type=int, default=None)
+    clitools.add_threads(gen)
     gen.set_defaults(func=cmd_generate)

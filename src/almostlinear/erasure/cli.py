@@ -171,7 +171,20 @@ def erase_command(model_name, *, dataset: str = "cities", data_file: str | None 
     return result
 
 
+def _layers_arg(text: str) -> str:
+    """The layer syntax of :func:`parse_layers`, checked while parsing (the indices once the model is known)."""
+    try:
+        parse_layers(text, 1)
+    except LayerError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def cmd_erase(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        _, labels = read_labelled(args.data)  # the file's faults are found before the model loads
+        if len(set(labels)) < 2:
+            raise EmptyDataError(f"{args.data}: the labels name a single class: there is no concept to erase")
     clitools.set_threads(args.threads)  # the command line's main puts the caller's thread count back
     layers = None
     model = args.model
@@ -193,21 +206,21 @@ def register(sub) -> None:
     source = erase.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=DATASETS, default="cities",
                         help="packaged true/false statements (default: cities)")
-    source.add_argument("--data", default=None,
+    source.add_argument("--data", default=None, type=clitools.text_file,
                         help="a labelled file: JSON lines {\"text\": ..., \"label\": ...} or label<TAB>text lines")
-    erase.add_argument("--layers", default=None,
+    erase.add_argument("--layers", default=None, type=_layers_arg,
                        help="'all', comma-separated layers or a range like 10-20 (default: the middle layer)")
     erase.add_argument("--site", choices=("resid_pre", "resid_post", "attn_out", "mlp_out"), default="resid_post")
     erase.add_argument("--method", choices=("leace", "orth"), default="leace")
     erase.add_argument("--shrinkage", action=argparse.BooleanOptionalAction, default=None,
                        help="shrink the covariance toward the identity (default: when there are fewer "
                             "training texts than dimensions)")
-    erase.add_argument("--statements", type=int, default=200, help="how many packaged statements to use")
-    erase.add_argument("--neutral", type=int, default=16, help="neutral texts to measure the cost on")
-    erase.add_argument("--neutral-file", default=None, help="a UTF-8 file, one neutral text per line")
-    erase.add_argument("--max-length", type=int, default=64, help="tokens per text")
-    erase.add_argument("--out", default=None, help="save the eraser (.safetensors)")
+    erase.add_argument("--statements", type=clitools.positive_int, default=200, help="how many packaged statements to use")
+    erase.add_argument("--neutral", type=clitools.positive_int, default=16, help="neutral texts to measure the cost on")
+    erase.add_argument("--neutral-file", default=None, type=clitools.text_file, help="a UTF-8 file, one neutral text per line")
+    erase.add_argument("--max-length", type=clitools.positive_int, default=64, help="tokens per text")
+    erase.add_argument("--out", default=None, type=clitools.output_file, help="save the eraser (.safetensors)")
     erase.add_argument("--json", action="store_true", help="print the numbers as JSON")
     erase.add_argument("--seed", type=int, default=0)
-    erase.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    clitools.add_threads(erase)
     erase.set_defaults(func=cmd_erase)

@@ -60,6 +60,14 @@ def latent_command(source: int = 3, target: int = 8, *, steps: int = 9, out: str
     return result
 
 
+def _digit(text: str) -> int:
+    """A digit class, 0 to 9."""
+    value = clitools.nonnegative_int(text)
+    if value > 9:
+        raise argparse.ArgumentTypeError(f"digits are 0 to 9, got {value}")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     latent_command(args.source, args.target, steps=args.steps, out=args.out, per_pair=args.per_pair,
                    all_pairs=args.all_pairs, seed=args.seed, direction_out=args.direction_out)
@@ -70,12 +78,12 @@ def register(sub) -> None:
     """Add ``latent`` to an argparse sub-parsers object."""
     p = sub.add_parser("latent", help="latent paths and attribute arithmetic on the digits VAE, scored, as a PNG",
                        description=latent_command.__doc__)
-    p.add_argument("--from", dest="source", type=int, default=3, help="start digit (default 3)")
-    p.add_argument("--to", dest="target", type=int, default=8, help="end digit (default 8)")
-    p.add_argument("--steps", type=int, default=9, help="points per path, endpoints included (>= 2)")
-    p.add_argument("--per-pair", type=int, default=8, help="test pairs scored per digit pair")
+    p.add_argument("--from", dest="source", type=_digit, default=3, help="start digit (default 3)")
+    p.add_argument("--to", dest="target", type=_digit, default=8, help="end digit (default 8)")
+    p.add_argument("--steps", type=clitools.int_at_least(2), default=9, help="points per path, endpoints included (>= 2)")
+    p.add_argument("--per-pair", type=clitools.positive_int, default=8, help="test pairs scored per digit pair")
     p.add_argument("--all-pairs", action="store_true", help="score all 90 ordered digit pairs")
-    p.add_argument("--out", default="latent.png", help="PNG grid to write (default latent.png)")
-    p.add_argument("--direction-out", default=None, help="save the attribute direction as .safetensors")
+    p.add_argument("--out", default="latent.png", type=clitools.output_file, help="PNG grid to write (default latent.png)")
+    p.add_argument("--direction-out", default=None, type=clitools.output_file, help="save the attribute direction as .safetensors")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run)

@@ -79,13 +79,14 @@ def lens_args_command(args) -> int:
 
 
 def register(sub) -> None:
+    from .. import clitools
     from ..core.defaults import DEFAULT_MODEL
 
     lens = sub.add_parser("lens", help="the top token per layer and position of one prompt, through a lens")
-    lens.add_argument("--prompt", required=True, help="the text to read")
+    lens.add_argument("--prompt", required=True, type=clitools.nonempty_text, help="the text to read")
     lens.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, local folder, or hub id")
     lens.add_argument("--kind", choices=("logit", "affine", "tuned"), default="logit",
                       help="affine and tuned lenses are fitted on neutral text once per model, then cached")
-    lens.add_argument("--out", default=None, help="also write the picture as a PNG to this file")
-    lens.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    lens.add_argument("--out", default=None, type=clitools.output_file, help="also write the picture as a PNG to this file")
+    clitools.add_threads(lens)
     lens.set_defaults(func=lens_args_command)

@@ -255,7 +255,7 @@ def finetune_delta(loss: Callable[[Params], torch.Tensor] | None, params0: Param
 
 def _non_finite_message(step: int, params0: Params, value: torch.Tensor) -> str:
     """Name the likely cause: before any step the learning rate cannot be it."""
-    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params0.values()} | {str(value.dtype).removeprefix("torch.")})
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in (*params0.values(), value)})
     if step == 0:
         return (f"the fine-tuning loss is NaN or infinite before any step (dtypes {', '.join(dtypes)}), so the "
                 "learning rate is not the cause: the loss function overflows or its inputs are not finite"

@@ -11,6 +11,7 @@ import functools
 import json
 import re
 
+from .. import clitools
 from ..clitools import say
 from ..core.errors import AlmostLinearError
 
@@ -25,7 +26,10 @@ def parse_size(text: str) -> int:
     unit = (m.group(2) or "").lower() if m else None
     if m is None or unit not in _UNITS:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 2GB, 500MB, 1GiB)")
-    return int(float(m.group(1)) * _UNITS[unit])
+    size = int(float(m.group(1)) * _UNITS[unit])
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"a shard size must be at least one byte, got {text!r}")
+    return size
 
 
 def _as_message(command):
@@ -45,7 +49,15 @@ def merge_command(args: argparse.Namespace) -> int:
     from .recipe import parse_recipe
     from .run import merge_files
 
-    recipe = parse_recipe(args.recipe)
+    if args.out is not None:
+        clitools.check_arg(clitools.output_folder, args.out, "--out")
+    try:
+        recipe = parse_recipe(args.recipe)
+    except AlmostLinearError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+        # a recipe whose values have the wrong shape (e.g. a list where a name goes)
+        raise AlmostLinearError(f"cannot read the recipe {args.recipe}: {type(error).__name__}: {error}") from None
     plan = plan_merge(recipe, check_overflow=not args.no_overflow_check)
     print(plan.summary())
     if args.plan_only:
@@ -72,7 +84,14 @@ def task_vector_command(args: argparse.Namespace) -> int:
     from .artifact import TaskVector
     from .stream import Checkpoint
 
-    base, ft = Checkpoint(args.base), Checkpoint(args.finetuned)
+    clitools.check_arg(clitools.output_file, args.out, "--out")
+    try:
+        base, ft = Checkpoint(args.base), Checkpoint(args.finetuned)
+    except AlmostLinearError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+        # a malformed safetensors header or shard index
+        raise AlmostLinearError(f"cannot read the checkpoints' headers: {type(error).__name__}: {error}") from None
     names = [n for n in base.keys() if base.info(n).dtype.is_floating_point]
     missing = [n for n in names if n not in ft]
     if missing:
@@ -90,7 +109,7 @@ def task_vector_command(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add ``merge`` and ``task-vector`` to an argparse sub-parsers object."""
     merge = sub.add_parser("merge", help="merge models from a mergekit-style YAML recipe, streamed, written atomically")
-    merge.add_argument("recipe", help="YAML recipe (merge_method, base_model, models, parameters, dtype, ...)")
+    merge.add_argument("recipe", type=clitools.text_file, help="YAML recipe (merge_method, base_model, models, parameters, dtype, ...)")
     merge.add_argument("--out", help="output folder (created atomically; must not exist unless --overwrite)")
     merge.add_argument("--plan-only", action="store_true", help="check the inputs and list every tensor, write nothing")
     merge.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the merge succeeded)")
@@ -100,7 +119,7 @@ def register(sub) -> None:
     merge.add_argument("--quiet", action="store_true", help="no progress bar")
     merge.set_defaults(func=merge_command)
     tv = sub.add_parser("task-vector", help="save tau = finetuned - base as one .safetensors file")
-    tv.add_argument("base", help="base model folder")
-    tv.add_argument("finetuned", help="fine-tuned model folder")
+    tv.add_argument("base", type=clitools.input_path, help="base model folder")
+    tv.add_argument("finetuned", type=clitools.input_path, help="fine-tuned model folder")
     tv.add_argument("--out", required=True, help="output .safetensors file")
     tv.set_defaults(func=task_vector_command)

@@ -10,23 +10,23 @@ def probe_args_command(args) -> int:
     from .table import probe_command
 
     set_threads(args.threads)
-    layers = [int(v) for v in args.layers.split(",")] if args.layers else None
-    probe_command(args.model, dataset=args.dataset, layers=layers, out=args.out,
+    probe_command(args.model, dataset=args.dataset, layers=args.layers, out=args.out,
                   statements=args.statements, candidates=args.candidates, seed=args.seed)
     return 0
 
 
 def register(sub) -> None:
+    from .. import clitools
     from ..core.defaults import DEFAULT_MODEL
 
     probe = sub.add_parser("probe", help="truth probes on every layer: held-out accuracy, selectivity; save the best")
     probe.add_argument("--model", default=DEFAULT_MODEL)
     probe.add_argument("--dataset", choices=("cities", "capitals"), default="cities",
                        help="facts the statements are built from (see probes.table.DATASETS)")
-    probe.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
-    probe.add_argument("--out", default=None, help="save the best layer's logistic probe (.safetensors)")
-    probe.add_argument("--statements", type=int, default=400)
-    probe.add_argument("--candidates", type=int, default=1000)
+    probe.add_argument("--layers", default=None, type=clitools.int_list, help="comma-separated layers (default: all)")
+    probe.add_argument("--out", default=None, type=clitools.output_file, help="save the best layer's logistic probe (.safetensors)")
+    probe.add_argument("--statements", type=clitools.positive_int, default=400)
+    probe.add_argument("--candidates", type=clitools.positive_int, default=1000)
     probe.add_argument("--seed", type=int, default=0)
-    probe.add_argument("--threads", type=int, default=None)
+    clitools.add_threads(probe)
     probe.set_defaults(func=probe_args_command)

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import clitools
 from ..clitools import load_artifact, load_model, say
 from ..core.digest import data_hash
 
@@ -31,11 +32,25 @@ def _site(loaded, text: str | None):
     return Site.parse(text) if text else Site("resid_post", loaded.structure.n_layers // 2)
 
 
+def _check_before_loading(args: argparse.Namespace) -> None:
+    """What can be refused without the model: the device, the site's name, an empty text file."""
+    from ..core.errors import EmptyDataError
+    from ..core.sites import Site
+
+    clitools.require_device(args.device)
+    if args.site:
+        Site.parse(args.site)
+    if args.text_file and not any(line.strip() for line in
+                                  Path(args.text_file).read_text(encoding="utf-8").splitlines()):
+        raise EmptyDataError(f"{args.text_file} has no non-empty lines")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..core.artifact import Provenance, Where
     from ..core.collect import collect
     from .train import fit_sae, train_sae
 
+    _check_before_loading(args)
     loaded = load_model(args.model, device=args.device)
     site = _site(loaded, args.site).normalized(loaded.structure)
     texts = _texts(loaded, args, seed=args.seed)
@@ -73,6 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .artifact import SparseAutoencoder
     from .evaluate import evaluate_sae
 
+    _check_before_loading(args)
     sae = load_artifact(args.sae, SparseAutoencoder)
     loaded = load_model(args.model, device=args.device)
     sae.check_model(loaded.fingerprint)
@@ -97,11 +113,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     from ..core.defaults import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or hub id")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--text-file", help="texts, one per line (default: neutral text sampled from the model)")
-    parser.add_argument("--texts", type=int, default=64, help="how many neutral texts to sample")
-    parser.add_argument("--new-tokens", type=int, default=80, help="length of each sampled neutral text")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per text at most")
+    parser.add_argument("--device", default="cpu", type=clitools.device, help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--text-file", type=clitools.text_file, help="texts, one per line (default: neutral text sampled from the model)")
+    parser.add_argument("--texts", type=clitools.positive_int, default=64, help="how many neutral texts to sample")
+    parser.add_argument("--new-tokens", type=clitools.positive_int, default=80, help="length of each sampled neutral text")
+    parser.add_argument("--max-length", type=clitools.int_at_least(2), default=128, help="tokens per text at most")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -112,26 +128,26 @@ def register(sub) -> None:
 
     train = commands.add_parser("train", help="train a TopK or ReLU SAE on one site and save it")
     _common(train)
-    train.add_argument("--site", help="NAME.LAYER (default: resid_post at the middle block)")
+    train.add_argument("--site", type=clitools.site_spec, help="NAME.LAYER (default: resid_post at the middle block)")
     train.add_argument("--activation", choices=("topk", "relu"), default="topk")
-    train.add_argument("--width", type=int, help="number of latents (default: expansion x site width)")
-    train.add_argument("--expansion", type=int, default=8)
-    train.add_argument("--k", type=int, default=32, help="active latents per token (TopK)")
-    train.add_argument("--l1", type=float, default=5.0, help="L1 coefficient (ReLU)")
-    train.add_argument("--lr", type=float, help="Adam learning rate (default: 2e-4 * sqrt(2^14 / width))")
-    train.add_argument("--batch-size", type=int, default=512)
-    train.add_argument("--buffer-tokens", type=int, default=8192, help="shuffle buffer when streaming")
-    train.add_argument("--epochs", type=int, default=1,
+    train.add_argument("--width", type=clitools.positive_int, help="number of latents (default: expansion x site width)")
+    train.add_argument("--expansion", type=clitools.positive_int, default=8, help="latents per site dimension")
+    train.add_argument("--k", type=clitools.positive_int, default=32, help="active latents per token (TopK)")
+    train.add_argument("--l1", type=clitools.nonnegative_float, default=5.0, help="L1 coefficient (ReLU)")
+    train.add_argument("--lr", type=clitools.positive_float, help="Adam learning rate (default: 2e-4 * sqrt(2^14 / width))")
+    train.add_argument("--batch-size", type=clitools.positive_int, default=512)
+    train.add_argument("--buffer-tokens", type=clitools.positive_int, default=8192, help="shuffle buffer when streaming")
+    train.add_argument("--epochs", type=clitools.positive_int, default=1,
                        help="passes over the activations (above 1, they are collected in memory first)")
-    train.add_argument("--max-tokens", type=int, help="stop after this many activation tokens")
+    train.add_argument("--max-tokens", type=clitools.positive_int, help="stop after this many activation tokens")
     train.add_argument("--progress", action="store_true", help="show a progress bar")
-    train.add_argument("--out", required=True, help="where to write the .safetensors file")
+    train.add_argument("--out", required=True, type=clitools.output_file, help="where to write the .safetensors file")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="L0, FVU and CE loss recovered of a saved SAE")
     _common(evaluate)
-    evaluate.add_argument("sae", help="a saved SAE (.safetensors)")
-    evaluate.add_argument("--site", help="override the site recorded in the SAE")
+    evaluate.add_argument("sae", type=clitools.input_file, help="a saved SAE (.safetensors)")
+    evaluate.add_argument("--site", type=clitools.site_spec, help="override the site recorded in the SAE")
     evaluate.add_argument("--ablation", choices=("zero", "mean"), default="zero")
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
     evaluate.set_defaults(func=cmd_eval)

@@ -10,12 +10,15 @@ neither torch nor transformers (they load inside the commands), so ``--help`` st
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import re
 from pathlib import Path
 
+from .. import clitools
 from ..clitools import load_artifact, load_model, say
-from ..core.errors import EmptyDataError
+from ..core.errors import ChoiceError, EmptyDataError
 from .choices import METHODS, PAIR_SETS, READS, UNITS
 
 
@@ -30,15 +33,50 @@ def read_pairs_file(spec: str) -> list[tuple[str, str]]:
     if not path.is_file():
         raise EmptyDataError(f"no pair set {spec!r}: name one of {', '.join(PAIR_SETS)} or give a "
                              ".jsonl/.csv/.tsv file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EmptyDataError(f"{spec} is not UTF-8 text") from None
+    pairs = []
     if path.suffix in (".jsonl", ".json"):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [(r["positive"], r["negative"]) for r in rows]
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pairs.append((str(row["positive"]), str(row["negative"])))
+            except (ValueError, KeyError, TypeError) as error:
+                raise EmptyDataError(f"{spec}:{number}: expected {{\"positive\": ..., \"negative\": ...}}: "
+                                     f"{error}") from None
+        return pairs
     delimiter = "\t" if path.suffix == ".tsv" else ","
-    with path.open(newline="") as handle:
-        rows = [r for r in csv.reader(handle, delimiter=delimiter) if r]
+    try:
+        rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if r]
+    except csv.Error as error:
+        raise EmptyDataError(f"{spec}: {error}") from None
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["positive", "negative"]:
         rows = rows[1:]
-    return [(r[0], r[1]) for r in rows]
+    for number, row in enumerate(rows, 1):
+        if len(row) < 2:
+            raise EmptyDataError(f"{spec}: row {number} has {len(row)} column; write positive{delimiter}negative")
+        pairs.append((row[0], row[1]))
+    return pairs
+
+
+def _pairs_arg(text: str) -> str:
+    """A built-in pair set's name, or a readable UTF-8 file."""
+    return text if text in PAIR_SETS else clitools.text_file(text)
+
+
+_POLICY = re.compile(r"all|prompt|generated|first|last|last:[1-9]\d*|-?\d+(,-?\d+)*")
+
+
+def _position_arg(text: str) -> str:
+    """A position policy as the command line writes it (checked before any work)."""
+    if not _POLICY.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"unknown position policy {text!r}: use all, prompt, generated, "
+                                         "last:K (K at least 1) or comma-separated positions")
+    return text.strip()
 
 
 def _positions(text: str):
@@ -55,10 +93,13 @@ def _load_vector(path: str):
 
 
 def fit_command(args) -> int:
+    from ..core.errors import check_choice
+    from ..core.sites import SITE_NAMES
     from .fit import fit_steering
 
+    check_choice(args.site, SITE_NAMES, "site")
+    pairs = read_pairs_file(args.pairs)  # the file is read before the model loads: its errors come first
     loaded = load_model(args.model)
-    pairs = read_pairs_file(args.pairs)
     say(f"fitting {args.method} at {args.site}.{args.layer} from {len(pairs)} pairs")
     vector = fit_steering(loaded, pairs=pairs, layer=args.layer, site=args.site, method=args.method, read=args.read,
                           positions=_positions(args.positions), progress=args.progress)
@@ -103,13 +144,14 @@ def dose_command(args) -> int:
     from .behaviour import TokenPreference
     from .dose import dose_response
 
+    if bool(args.words) != bool(args.against):
+        raise ChoiceError("--words and --against go together: give both, or neither to use --behaviour")
     vector = _load_vector(args.vector)
     loaded = load_model(args.model)
-    strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
+    strengths = args.strengths
     prompts = list(sentiment.NEUTRAL_PROMPTS[: args.prompts])
     if args.words and args.against:
-        behaviour = TokenPreference([f" {w.strip()}" for w in args.words.split(",")],
-                                    [f" {w.strip()}" for w in args.against.split(",")])
+        behaviour = TokenPreference([f" {w}" for w in args.words], [f" {w}" for w in args.against])
     elif args.behaviour == "sentiment":
         behaviour = TokenPreference(sentiment.POSITIVE_WORDS, sentiment.NEGATIVE_WORDS)
     else:
@@ -135,40 +177,41 @@ def register(sub) -> None:
 
     fit = inner.add_parser("fit", help="fit a steering vector from contrast pairs")
     fit.add_argument("--model", help="name or folder (default: the default model)")
-    fit.add_argument("--pairs", default="sentiment",
+    fit.add_argument("--pairs", default="sentiment", type=_pairs_arg,
                      help=f"built-in set ({', '.join(PAIR_SETS)}) or a .jsonl/.csv/.tsv file of (positive, negative)")
     fit.add_argument("--layer", type=int, required=True)
     fit.add_argument("--site", default="resid_post")
     fit.add_argument("--method", default="mean_diff", choices=METHODS)
     fit.add_argument("--read", default="last", choices=READS)
-    fit.add_argument("--positions", default="all", help="all, prompt, generated or last:K")
-    fit.add_argument("--out", required=True)
+    fit.add_argument("--positions", default="all", type=_position_arg, help="all, prompt, generated or last:K")
+    fit.add_argument("--out", required=True, type=clitools.output_file)
     fit.add_argument("--progress", action="store_true")
     fit.set_defaults(func=fit_command)
 
     gen = inner.add_parser("generate", help="generate with a steering vector added")
-    gen.add_argument("--vector", required=True)
-    gen.add_argument("--strength", type=float, default=0.1,
+    gen.add_argument("--vector", required=True, type=clitools.input_file)
+    gen.add_argument("--strength", type=clitools.finite_float, default=0.1,
                      help="in units of the median residual norm at the vector's layer (see --units)")
-    gen.add_argument("--prompt", action="append", help="may be repeated")
+    gen.add_argument("--prompt", action="append", type=clitools.nonempty_text, help="may be repeated")
     gen.add_argument("--model", help="name or folder (default: the default model)")
-    gen.add_argument("--positions", default=None, help="all, prompt, generated or last:K (default: the vector's)")
+    gen.add_argument("--positions", default=None, type=_position_arg, help="all, prompt, generated or last:K (default: the vector's)")
     gen.add_argument("--units", default="residual", choices=UNITS)
-    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--max-new-tokens", type=clitools.positive_int, default=32)
     gen.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
     gen.add_argument("--compare", action="store_true", help="also print the unsteered continuation")
-    gen.add_argument("--side-effects", type=int, default=0, metavar="N",
+    gen.add_argument("--side-effects", type=clitools.nonnegative_int, default=0, metavar="N",
                      help="also report KL and cross-entropy change on N neutral texts")
     gen.set_defaults(func=generate_command)
 
     dose = inner.add_parser("dose", help="behaviour change and side effects against strength")
-    dose.add_argument("--vector", required=True)
+    dose.add_argument("--vector", required=True, type=clitools.input_file)
     dose.add_argument("--model", help="name or folder (default: the default model)")
-    dose.add_argument("--strengths", default="-0.2,-0.1,0,0.1,0.2")
+    dose.add_argument("--strengths", default="-0.2,-0.1,0,0.1,0.2", type=clitools.float_list,
+                      help="comma-separated strengths")
     dose.add_argument("--behaviour", default="sentiment", choices=("sentiment", "weddings"))
-    dose.add_argument("--words", help="comma-separated next words scored for (instead of --behaviour)")
-    dose.add_argument("--against", help="comma-separated next words scored against (with --words)")
-    dose.add_argument("--prompts", type=int, default=16, help="neutral prompts scored (the rest measure side effects)")
+    dose.add_argument("--words", type=clitools.word_list, help="comma-separated next words scored for (instead of --behaviour)")
+    dose.add_argument("--against", type=clitools.word_list, help="comma-separated next words scored against (with --words)")
+    dose.add_argument("--prompts", type=clitools.positive_int, default=16, help="neutral prompts scored (the rest measure side effects)")
     dose.add_argument("--units", default="residual", choices=UNITS)
     dose.add_argument("--progress", action="store_true")
     dose.set_defaults(func=dose_command)

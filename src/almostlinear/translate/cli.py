@@ -25,7 +25,7 @@ def _texts(path: str | None, n_statements: int, seed: int) -> tuple[list[str], l
     from ..core.errors import EmptyDataError
 
     if path is not None:
-        texts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
         if len(texts) < 8:
             raise EmptyDataError(f"{path} has {len(texts)} non-empty lines; a held-out score needs at least 8 texts")
         return texts, list(range(len(texts)))
@@ -129,6 +129,13 @@ def _layers(text: str) -> tuple[int, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..core.sites import Site
+
+    for text in (args.source_site, args.target_site):
+        if text is not None:
+            Site.parse(text)  # an unknown site name is found before the models load
+    if args.texts is not None and args.stitch is None:
+        _texts(args.texts, args.statements, args.seed)  # too few lines is found before the models load
     if args.stitch is not None:
         stitch_command(args.target, args.stitch, method=args.method, rank=args.rank, steer=args.steer,
                        scale=args.scale, out=args.out, seed=args.seed, progress=args.progress)
@@ -145,19 +152,19 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default="minilm-l6", help="model mapped from (default minilm-l6)")
     p.add_argument("--target", default="smollm2-135m", help="model mapped to, or stitched (default smollm2-135m)")
-    p.add_argument("--source-site", default=None, help="e.g. resid_post.5 (default: last block of an encoder, "
+    p.add_argument("--source-site", default=None, type=clitools.site_spec, help="e.g. resid_post.5 (default: last block of an encoder, "
                    "middle block of a decoder)")
-    p.add_argument("--target-site", default=None)
+    p.add_argument("--target-site", default=None, type=clitools.site_spec, help="e.g. resid_post.10")
     p.add_argument("--method", choices=METHODS, default="affine")
-    p.add_argument("--rank", type=int, default=32, help="rank of low_rank maps")
-    p.add_argument("--texts", default=None, help="a text file, one text a line (default: generated statements "
+    p.add_argument("--rank", type=clitools.positive_int, default=32, help="rank of low_rank maps")
+    p.add_argument("--texts", default=None, type=clitools.text_file, help="a text file, one text a line (default: generated statements "
                    "and packaged neutral sentences)")
-    p.add_argument("--statements", type=int, default=240, help="generated statements when --texts is not given")
+    p.add_argument("--statements", type=clitools.positive_int, default=240, help="generated statements when --texts is not given")
     p.add_argument("--stitch", type=_layers, default=None, metavar="I:J",
                    help="stitch block I's output to block J's in --target instead")
     p.add_argument("--steer", action="store_true", help="with --stitch: also move a sentiment vector through the map")
-    p.add_argument("--scale", type=float, default=4.0, help="steering scale for --steer")
-    p.add_argument("--out", default=None, help="save the fitted map as .safetensors")
+    p.add_argument("--scale", type=clitools.finite_float, default=4.0, help="steering scale for --steer")
+    p.add_argument("--out", default=None, type=clitools.output_file, help="save the fitted map as .safetensors")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="with --stitch: progress bars on stderr")
     p.set_defaults(func=_run)
