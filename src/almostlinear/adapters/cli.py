@@ -60,6 +60,7 @@ def register(sub) -> None:
     p = sub.add_parser("lora-combine", help="add PEFT LoRA adapters exactly (sum of BA), optionally SVD to a rank")
     p.add_argument("adapters", nargs="+", type=clitools.input_folder, help="PEFT adapter folders")
     p.add_argument("--weights", type=clitools.finite_float, nargs="+", help="one weight per adapter (default 1 each)")
-    p.add_argument("--rank", type=clitools.positive_int, help="truncate the sum to this rank by SVD and report the error")
+    p.add_argument("--rank", type=clitools.positive_int,
+                   help="truncate the sum to this rank by SVD and report the error")
     p.add_argument("--out", required=True, type=clitools.output_folder, help="output adapter folder")
     p.set_defaults(func=combine_command)

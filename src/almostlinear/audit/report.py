@@ -181,7 +181,7 @@ def render_html(report: dict, sections: list[SectionResult]) -> str:
 def write_atomically(folder: Path, files: dict[str, str]) -> None:
     """Write every file to a temporary name first; rename them together once all were written.
 
-    The renames run under an exclusive lock on ``folder/.lock``, so two audits writing to one folder
+    The renames run under an exclusive lock on the folder itself, so two audits writing to one folder
     leave the files of one run side by side, never ``report.json`` of one beside ``report.html`` of
     the other. Files get the permissions the umask allows, like any other file the user writes.
     """
@@ -200,10 +200,13 @@ def write_atomically(folder: Path, files: dict[str, str]) -> None:
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o666 & ~umask)
             staged.append((tmp, folder / name))
-        with open(folder / ".lock", "a") as lock:
+        lock = os.open(folder, os.O_RDONLY)  # a lock on the folder: no extra file in it
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             for tmp, target in staged:
                 os.replace(tmp, target)
+        finally:
+            os.close(lock)
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):

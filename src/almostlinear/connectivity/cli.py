@@ -94,8 +94,10 @@ def register(sub) -> None:
     p = sub.add_parser("interpolate", help="cross-entropy on neutral text along the line between two models")
     p.add_argument("a", help="model at alpha = 0 (embedded name or local folder)")
     p.add_argument("b", nargs="?", default=None, help="model at alpha = 1 (default: a with Gaussian noise)")
-    p.add_argument("--noise", type=clitools.finite_float, default=0.02, help="noise as a fraction of each tensor's RMS (no b)")
-    p.add_argument("--alphas", type=clitools.int_at_least(2), default=11, help="number of evenly spaced points, ends included")
+    p.add_argument("--noise", type=clitools.finite_float, default=0.02,
+                   help="noise as a fraction of each tensor's RMS (no b)")
+    p.add_argument("--alphas", type=clitools.int_at_least(2), default=11,
+                   help="number of evenly spaced points, ends included")
     p.add_argument("--texts", type=clitools.positive_int, default=12, help="packaged neutral texts scored")
     p.add_argument("--max-tokens", type=clitools.int_at_least(2), default=64, help="tokens per text at most")
     p.add_argument("--seed", type=int, default=0)

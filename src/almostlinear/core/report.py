@@ -6,7 +6,8 @@ Schema (version 1)::
       "schema_version": 1,
       "tool": {"name": "almostlinear", "version": str},
       "created": ISO-8601 time, "elapsed_s": float,
-      "settings": {"quick": bool, "device": str, "seed": int, "threads": int, ...},
+      "settings": {"quick": bool, "device": str, "dtype": str, "device_map": dict|str|null,
+                   "random_weights": bool, "seed": int, "threads": int, ...},
       "model": {"name": str, "path": str, "kind": "causal-lm"|"encoder", "fingerprint": str,
                 "structure": {...}},
       "sections": [

@@ -37,7 +37,7 @@ from ..core.digest import digest, tensor_digest
 from ..core.errors import NonFiniteError, ShapeError
 from ..core.hooks import order_after_ours
 from ..core.lever import (UNITS, Baked, ModelView, as_model, bake_weights, check_strength, parameter_name,
-                          temporarily_changed)
+                          parameter_value, temporarily_changed)
 from ..core.locate import Structure, linear_weight
 from .access import dense_down_proj
 from .moments import relative_difference
@@ -145,7 +145,7 @@ class LowRankEdit(Artifact):
                     f"this edit was made for a down projection [{self.b.shape[1]}, {self.a.shape[2]}] at layer "
                     f"{layer}, but the model's is {list(weight.shape)}: it belongs to another model"
                 )
-            if tensor_digest(module.weight) != self.base_hashes[i]:
+            if tensor_digest(parameter_value(view, module.weight)) != self.base_hashes[i]:  # offloaded too
                 mismatched.append(layer)
         if mismatched:
             message = (

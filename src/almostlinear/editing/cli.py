@@ -158,7 +158,8 @@ def register(sub) -> None:
 
     edit = sub.add_parser("edit", help="rewrite one fact in the weights (ROME/MEMIT/AlphaEdit) and save the edit")
     edit.add_argument("--subject", required=True, type=clitools.nonempty_text, help='the subject, e.g. "Eiffel Tower"')
-    edit.add_argument("--prompt", required=True, type=clitools.nonempty_text, help='the prompt with {} for the subject, e.g. "{} is located in"')
+    edit.add_argument("--prompt", required=True, type=clitools.nonempty_text,
+                      help='the prompt with {} for the subject, e.g. "{} is located in"')
     edit.add_argument("--target", required=True, type=clitools.nonempty_text, help='the new continuation, e.g. "Rome"')
     edit.add_argument("--method", choices=METHODS, default="rome")
     edit.add_argument("--layer", type=int, default=None, help="block to edit (default: 10 %% of the depth)")
@@ -171,8 +172,10 @@ def register(sub) -> None:
     edit.set_defaults(func=cmd_edit)
 
     gen = sub.add_parser("generate", help="continue prompts without and with a saved edit, side by side")
-    gen.add_argument("--edit", required=True, type=clitools.input_file, help="an edit file written by 'almostlinear edit'")
-    gen.add_argument("--prompt", required=True, action="append", type=clitools.nonempty_text, help="a prompt (repeat for several)")
+    gen.add_argument("--edit", required=True, type=clitools.input_file,
+                     help="an edit file written by 'almostlinear edit'")
+    gen.add_argument("--prompt", required=True, action="append", type=clitools.nonempty_text,
+                     help="a prompt (repeat for several)")
     gen.add_argument("--model", default=DEFAULT_MODEL, help="the model the edit was made for")
     gen.add_argument("--max-new-tokens", type=clitools.positive_int, default=30)
     gen.add_argument("--strict", action="store_true",

@@ -18,7 +18,7 @@ import torch
 from ..core.artifact import Provenance, Where
 from ..core.digest import tensor_digest
 from ..core.errors import EmptyDataError, ShapeError
-from ..core.lever import parameter_name, temporarily_changed
+from ..core.lever import parameter_name, parameter_value, temporarily_changed
 from ..core.locate import linear_weight
 from ..core.models import fingerprint as model_fingerprint
 from ..core.sites import Site
@@ -84,7 +84,7 @@ def _batch_edit(model: Any, tokenizer, requests: Sequence[EditRequest], *, layer
     deltas = torch.stack([res.delta for res in results])  # [n, d_model]
     z = read_at_subject(model, tokenizer, requests, templates, [z_site], structure=structure)[z_site].mean(1) + deltas
 
-    base_hashes = [tensor_digest(m.weight) for m in modules]
+    base_hashes = [tensor_digest(parameter_value(view, m.weight)) for m in modules]
     a_list, b_list, key_list, per_layer = [], [], [], []
     # each layer's update is solved with the earlier ones in place; the weights come back bit for bit
     with temporarily_changed(view, [parameter_name(model, m.weight) for m in modules], lambda: None):

@@ -16,7 +16,8 @@ from typing import Any
 
 from ..core.artifact import Provenance, Where
 from ..core.digest import tensor_digest
-from ..core.locate import linear_weight
+from ..core.lever import parameter_value
+from ..core.locate import is_conv1d
 from ..core.models import fingerprint as model_fingerprint
 from ..core.sites import Site
 from .access import dense_down_proj, unpack
@@ -74,9 +75,11 @@ def rome(model: Any, tokenizer, request: EditRequest, *, layer: int | None = Non
     value = optimise_delta(model, tokenizer, request, Site("mlp_out", layer), templates, hp, structure=structure,
                            progress=progress)
     v, u = rank_one_update(stats.c, key, value.delta, relative_ridge=hp.ridge)
-    weight = linear_weight(module).detach().double().cpu()
+    # read through accelerate's store where the layer is offloaded (its parameters are meta tensors)
+    stored = parameter_value(view, module.weight)
+    weight = (stored.T if is_conv1d(module) else stored).detach().double().cpu()
     bias = getattr(module, "bias", None)
-    current = weight @ key + (bias.detach().double().cpu() if bias is not None else 0.0)
+    current = weight @ key + (parameter_value(view, bias).detach().double().cpu() if bias is not None else 0.0)
     diagnostics = {
         "delta_norm": float(value.delta.norm()), "value_norm": value.init_norm, "steps": value.steps,
         "nll_before": value.nll_before, "nll_after": value.nll_after, "kl": value.kl,
@@ -93,7 +96,7 @@ def rome(model: Any, tokenizer, request: EditRequest, *, layer: int | None = Non
     )
     edit = RankOneEdit(
         a=u.float()[None, None], b=v.float()[None, :, None], keys=key.float()[None, None],
-        base_hashes=[tensor_digest(module.weight)], stats_hashes=[stats.content_hash],
+        base_hashes=[tensor_digest(stored)], stats_hashes=[stats.content_hash],
         requests=[_request_dict(request)], method="rome", diagnostics=diagnostics,
         value=(current + value.delta).float(), provenance=provenance,
     )

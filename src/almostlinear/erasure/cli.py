@@ -215,9 +215,11 @@ def register(sub) -> None:
     erase.add_argument("--shrinkage", action=argparse.BooleanOptionalAction, default=None,
                        help="shrink the covariance toward the identity (default: when there are fewer "
                             "training texts than dimensions)")
-    erase.add_argument("--statements", type=clitools.positive_int, default=200, help="how many packaged statements to use")
+    erase.add_argument("--statements", type=clitools.positive_int, default=200,
+                       help="how many packaged statements to use")
     erase.add_argument("--neutral", type=clitools.positive_int, default=16, help="neutral texts to measure the cost on")
-    erase.add_argument("--neutral-file", default=None, type=clitools.text_file, help="a UTF-8 file, one neutral text per line")
+    erase.add_argument("--neutral-file", default=None, type=clitools.text_file,
+                       help="a UTF-8 file, one neutral text per line")
     erase.add_argument("--max-length", type=clitools.positive_int, default=64, help="tokens per text")
     erase.add_argument("--out", default=None, type=clitools.output_file, help="save the eraser (.safetensors)")
     erase.add_argument("--json", action="store_true", help="print the numbers as JSON")

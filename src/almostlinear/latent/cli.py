@@ -80,10 +80,13 @@ def register(sub) -> None:
                        description=latent_command.__doc__)
     p.add_argument("--from", dest="source", type=_digit, default=3, help="start digit (default 3)")
     p.add_argument("--to", dest="target", type=_digit, default=8, help="end digit (default 8)")
-    p.add_argument("--steps", type=clitools.int_at_least(2), default=9, help="points per path, endpoints included (>= 2)")
+    p.add_argument("--steps", type=clitools.int_at_least(2), default=9,
+                   help="points per path, endpoints included (>= 2)")
     p.add_argument("--per-pair", type=clitools.positive_int, default=8, help="test pairs scored per digit pair")
     p.add_argument("--all-pairs", action="store_true", help="score all 90 ordered digit pairs")
-    p.add_argument("--out", default="latent.png", type=clitools.output_file, help="PNG grid to write (default latent.png)")
-    p.add_argument("--direction-out", default=None, type=clitools.output_file, help="save the attribute direction as .safetensors")
+    p.add_argument("--out", default="latent.png", type=clitools.output_file,
+                   help="PNG grid to write (default latent.png)")
+    p.add_argument("--direction-out", default=None, type=clitools.output_file,
+                   help="save the attribute direction as .safetensors")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run)

@@ -87,6 +87,7 @@ def register(sub) -> None:
     lens.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, local folder, or hub id")
     lens.add_argument("--kind", choices=("logit", "affine", "tuned"), default="logit",
                       help="affine and tuned lenses are fitted on neutral text once per model, then cached")
-    lens.add_argument("--out", default=None, type=clitools.output_file, help="also write the picture as a PNG to this file")
+    lens.add_argument("--out", default=None, type=clitools.output_file,
+                      help="also write the picture as a PNG to this file")
     clitools.add_threads(lens)
     lens.set_defaults(func=lens_args_command)

@@ -109,11 +109,14 @@ def task_vector_command(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add ``merge`` and ``task-vector`` to an argparse sub-parsers object."""
     merge = sub.add_parser("merge", help="merge models from a mergekit-style YAML recipe, streamed, written atomically")
-    merge.add_argument("recipe", type=clitools.text_file, help="YAML recipe (merge_method, base_model, models, parameters, dtype, ...)")
+    merge.add_argument("recipe", type=clitools.text_file,
+                       help="YAML recipe (merge_method, base_model, models, parameters, dtype, ...)")
     merge.add_argument("--out", help="output folder (created atomically; must not exist unless --overwrite)")
     merge.add_argument("--plan-only", action="store_true", help="check the inputs and list every tensor, write nothing")
-    merge.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the merge succeeded)")
-    merge.add_argument("--shard-size", type=parse_size, default=parse_size("2GB"), help="bytes per output shard (default 2GB)")
+    merge.add_argument("--overwrite", action="store_true",
+                       help="replace --out if it exists (only once the merge succeeded)")
+    merge.add_argument("--shard-size", type=parse_size, default=parse_size("2GB"),
+                       help="bytes per output shard (default 2GB)")
     merge.add_argument("--no-overflow-check", action="store_true",
                        help="skip reading inputs whose values might not fit a narrower output dtype")
     merge.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -24,7 +24,8 @@ def register(sub) -> None:
     probe.add_argument("--dataset", choices=("cities", "capitals"), default="cities",
                        help="facts the statements are built from (see probes.table.DATASETS)")
     probe.add_argument("--layers", default=None, type=clitools.int_list, help="comma-separated layers (default: all)")
-    probe.add_argument("--out", default=None, type=clitools.output_file, help="save the best layer's logistic probe (.safetensors)")
+    probe.add_argument("--out", default=None, type=clitools.output_file,
+                       help="save the best layer's logistic probe (.safetensors)")
     probe.add_argument("--statements", type=clitools.positive_int, default=400)
     probe.add_argument("--candidates", type=clitools.positive_int, default=1000)
     probe.add_argument("--seed", type=int, default=0)

@@ -114,9 +114,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or hub id")
     parser.add_argument("--device", default="cpu", type=clitools.device, help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--text-file", type=clitools.text_file, help="texts, one per line (default: neutral text sampled from the model)")
+    parser.add_argument("--text-file", type=clitools.text_file,
+                        help="texts, one per line (default: neutral text sampled from the model)")
     parser.add_argument("--texts", type=clitools.positive_int, default=64, help="how many neutral texts to sample")
-    parser.add_argument("--new-tokens", type=clitools.positive_int, default=80, help="length of each sampled neutral text")
+    parser.add_argument("--new-tokens", type=clitools.positive_int, default=80,
+                        help="length of each sampled neutral text")
     parser.add_argument("--max-length", type=clitools.int_at_least(2), default=128, help="tokens per text at most")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -130,13 +132,16 @@ def register(sub) -> None:
     _common(train)
     train.add_argument("--site", type=clitools.site_spec, help="NAME.LAYER (default: resid_post at the middle block)")
     train.add_argument("--activation", choices=("topk", "relu"), default="topk")
-    train.add_argument("--width", type=clitools.positive_int, help="number of latents (default: expansion x site width)")
+    train.add_argument("--width", type=clitools.positive_int,
+                       help="number of latents (default: expansion x site width)")
     train.add_argument("--expansion", type=clitools.positive_int, default=8, help="latents per site dimension")
     train.add_argument("--k", type=clitools.positive_int, default=32, help="active latents per token (TopK)")
     train.add_argument("--l1", type=clitools.nonnegative_float, default=5.0, help="L1 coefficient (ReLU)")
-    train.add_argument("--lr", type=clitools.positive_float, help="Adam learning rate (default: 2e-4 * sqrt(2^14 / width))")
+    train.add_argument("--lr", type=clitools.positive_float,
+                       help="Adam learning rate (default: 2e-4 * sqrt(2^14 / width))")
     train.add_argument("--batch-size", type=clitools.positive_int, default=512)
-    train.add_argument("--buffer-tokens", type=clitools.positive_int, default=8192, help="shuffle buffer when streaming")
+    train.add_argument("--buffer-tokens", type=clitools.positive_int, default=8192,
+                       help="shuffle buffer when streaming")
     train.add_argument("--epochs", type=clitools.positive_int, default=1,
                        help="passes over the activations (above 1, they are collected in memory first)")
     train.add_argument("--max-tokens", type=clitools.positive_int, help="stop after this many activation tokens")

@@ -194,7 +194,8 @@ def register(sub) -> None:
                      help="in units of the median residual norm at the vector's layer (see --units)")
     gen.add_argument("--prompt", action="append", type=clitools.nonempty_text, help="may be repeated")
     gen.add_argument("--model", help="name or folder (default: the default model)")
-    gen.add_argument("--positions", default=None, type=_position_arg, help="all, prompt, generated or last:K (default: the vector's)")
+    gen.add_argument("--positions", default=None, type=_position_arg,
+                     help="all, prompt, generated or last:K (default: the vector's)")
     gen.add_argument("--units", default="residual", choices=UNITS)
     gen.add_argument("--max-new-tokens", type=clitools.positive_int, default=32)
     gen.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
@@ -209,9 +210,12 @@ def register(sub) -> None:
     dose.add_argument("--strengths", default="-0.2,-0.1,0,0.1,0.2", type=clitools.float_list,
                       help="comma-separated strengths")
     dose.add_argument("--behaviour", default="sentiment", choices=("sentiment", "weddings"))
-    dose.add_argument("--words", type=clitools.word_list, help="comma-separated next words scored for (instead of --behaviour)")
-    dose.add_argument("--against", type=clitools.word_list, help="comma-separated next words scored against (with --words)")
-    dose.add_argument("--prompts", type=clitools.positive_int, default=16, help="neutral prompts scored (the rest measure side effects)")
+    dose.add_argument("--words", type=clitools.word_list,
+                      help="comma-separated next words scored for (instead of --behaviour)")
+    dose.add_argument("--against", type=clitools.word_list,
+                      help="comma-separated next words scored against (with --words)")
+    dose.add_argument("--prompts", type=clitools.positive_int, default=16,
+                      help="neutral prompts scored (the rest measure side effects)")
     dose.add_argument("--units", default="residual", choices=UNITS)
     dose.add_argument("--progress", action="store_true")
     dose.set_defaults(func=dose_command)

@@ -152,14 +152,16 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default="minilm-l6", help="model mapped from (default minilm-l6)")
     p.add_argument("--target", default="smollm2-135m", help="model mapped to, or stitched (default smollm2-135m)")
-    p.add_argument("--source-site", default=None, type=clitools.site_spec, help="e.g. resid_post.5 (default: last block of an encoder, "
-                   "middle block of a decoder)")
+    p.add_argument("--source-site", default=None, type=clitools.site_spec,
+                   help="e.g. resid_post.5 (default: last block of an encoder, middle block of a decoder)")
     p.add_argument("--target-site", default=None, type=clitools.site_spec, help="e.g. resid_post.10")
     p.add_argument("--method", choices=METHODS, default="affine")
     p.add_argument("--rank", type=clitools.positive_int, default=32, help="rank of low_rank maps")
-    p.add_argument("--texts", default=None, type=clitools.text_file, help="a text file, one text a line (default: generated statements "
-                   "and packaged neutral sentences)")
-    p.add_argument("--statements", type=clitools.positive_int, default=240, help="generated statements when --texts is not given")
+    p.add_argument("--texts", default=None, type=clitools.text_file,
+                   help="a UTF-8 file, one text a line (default: generated statements and packaged neutral "
+                        "sentences)")
+    p.add_argument("--statements", type=clitools.positive_int, default=240,
+                   help="generated statements when --texts is not given")
     p.add_argument("--stitch", type=_layers, default=None, metavar="I:J",
                    help="stitch block I's output to block J's in --target instead")
     p.add_argument("--steer", action="store_true", help="with --stitch: also move a sentiment vector through the map")

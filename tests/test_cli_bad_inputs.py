@@ -1,0 +1,345 @@
+"""Every family subcommand refuses bad arguments and files with one line and a non-zero exit, before
+any model, network or input checkpoint is loaded, and writes nothing.
+
+Each case runs in-process through ``almostlinear.cli.main``. The functions that would start the work
+(loading a model or an artifact, training the digits networks, reading checkpoints or adapters, planning
+a merge) are replaced by one that raises :class:`Reached`: a bad input that got that far fails the test.
+``test_good_arguments_reach_the_work`` shows that each command's well-formed arguments do get there, so
+each bad case fails because of its one bad value.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from almostlinear.cli import main
+
+
+class Reached(Exception):
+    """The command started its work."""
+
+
+WORK = [  # (module, attribute): the first step of real work in each command
+    ("almostlinear.core.models", "load"),
+    ("almostlinear.steering.cli", "load_artifact"),
+    ("almostlinear.editing.cli", "load_artifact"),
+    ("almostlinear.sae.cli", "load_artifact"),
+    ("almostlinear.zoo.vae", "digits_vae"),
+    ("almostlinear.connectivity.digits", "rebasin"),
+    ("almostlinear.merging.plan", "plan_merge"),
+    ("almostlinear.merging.stream", "Checkpoint"),
+    ("almostlinear.adapters.lora", "read_peft"),
+]
+
+# commands that take --model: it is given after the bad value, as a folder that does not exist
+TAKES_MODEL = {("steer", "fit"), ("steer", "generate"), ("steer", "dose"), ("erase",), ("edit",), ("generate",),
+               ("sae", "train"), ("sae", "eval"), ("lens",), ("probe",)}
+
+EDIT = ["edit", "--subject", "Paris", "--prompt", "{} is in", "--target", "Rome"]
+SAE_TRAIN = ["sae", "train", "--out", "{new_file}"]
+MERGE = ["merge", "{recipe}", "--out", "{new_dir}"]
+TASK_VECTOR = ["task-vector", "{model_a}", "{model_b}", "--out", "{new_file}"]
+LORA = ["lora-combine", "{adapter_a}", "{adapter_b}", "--out", "{new_dir}"]
+
+BAD = {
+    "steer fit": [
+        ["steer", "fit", "--layer", "3", "--out", "{new_file}", "--pairs", "{missing}"],
+        ["steer", "fit", "--layer", "3", "--out", "{new_file}", "--pairs", "{binary}"],
+        ["steer", "fit", "--layer", "3", "--out", "{new_file}", "--pairs", "{bad_jsonl}"],
+        ["steer", "fit", "--layer", "3", "--out", "{new_file}", "--pairs", "{one_column_csv}"],
+        ["steer", "fit", "--layer", "3", "--out", "{under_file}"],
+        ["steer", "fit", "--layer", "3", "--out", "{folder}"],
+        ["steer", "fit", "--layer", "3", "--out", "{new_file}", "--positions", "last:abc"],
+        ["steer", "fit", "--layer", "3", "--out", "{new_file}", "--positions", "bogus"],
+        ["steer", "fit", "--layer", "3", "--out", "{new_file}", "--site", "bogus"],
+        ["steer", "fit", "--layer", "abc", "--out", "{new_file}"],
+        ["steer", "fit", "--out", "{new_file}"],
+    ],
+    "steer generate": [
+        ["steer", "generate", "--vector", "{afile}", "--max-new-tokens", "0"],
+        ["steer", "generate", "--vector", "{afile}", "--max-new-tokens", "-1"],
+        ["steer", "generate", "--vector", "{afile}", "--prompt", ""],
+        ["steer", "generate", "--vector", "{afile}", "--positions", "last:abc"],
+        ["steer", "generate", "--vector", "{afile}", "--positions", "last:0"],
+        ["steer", "generate", "--vector", "{afile}", "--strength", "nan"],
+        ["steer", "generate", "--vector", "{afile}", "--strength", "abc"],
+        ["steer", "generate", "--vector", "{afile}", "--side-effects", "-1"],
+        ["steer", "generate", "--vector", "{missing}"],
+        ["steer", "generate", "--vector", "{folder}"],
+        ["steer", "generate", "--vector", "{afile}", "--units", "bogus"],
+    ],
+    "steer dose": [
+        ["steer", "dose", "--vector", "{afile}", "--strengths", "a,b"],
+        ["steer", "dose", "--vector", "{afile}", "--strengths", "nan"],
+        ["steer", "dose", "--vector", "{afile}", "--strengths", "0.1,,0.2"],
+        ["steer", "dose", "--vector", "{afile}", "--strengths", ""],
+        ["steer", "dose", "--vector", "{afile}", "--prompts", "0"],
+        ["steer", "dose", "--vector", "{afile}", "--words", "good"],
+        ["steer", "dose", "--vector", "{afile}", "--words", ",", "--against", "bad"],
+        ["steer", "dose", "--vector", "{missing}"],
+        ["steer", "dose", "--vector", "{afile}", "--behaviour", "bogus"],
+    ],
+    "erase": [
+        ["erase", "--data", "{missing}"],
+        ["erase", "--data", "{binary}"],
+        ["erase", "--data", "{empty}"],
+        ["erase", "--data", "{one_class}"],
+        ["erase", "--neutral-file", "{missing}"],
+        ["erase", "--neutral-file", "{binary}"],
+        ["erase", "--max-length", "0"],
+        ["erase", "--max-length", "-1"],
+        ["erase", "--layers", "abc"],
+        ["erase", "--out", "{under_file}"],
+        ["erase", "--out", "{folder}"],
+        ["erase", "--threads", "-3"],
+        ["erase", "--neutral", "-1"],
+        ["erase", "--statements", "0"],
+    ],
+    "edit": [
+        EDIT + ["--prompt", ""],
+        EDIT + ["--subject", "  "],
+        EDIT + ["--target", ""],
+        EDIT + ["--prompt", "nothing to replace"],
+        EDIT + ["--out", "{under_file}"],
+        EDIT + ["--out", "{folder}"],
+        EDIT + ["--stats-tokens", "0"],
+        EDIT + ["--threads", "-3"],
+        EDIT + ["--layer", "abc"],
+        EDIT + ["--method", "bogus"],
+    ],
+    "generate": [
+        ["generate", "--edit", "{afile}", "--prompt", "hi", "--max-new-tokens", "0"],
+        ["generate", "--edit", "{afile}", "--prompt", "hi", "--max-new-tokens", "-1"],
+        ["generate", "--edit", "{afile}", "--prompt", ""],
+        ["generate", "--edit", "{missing}", "--prompt", "hi"],
+        ["generate", "--edit", "{folder}", "--prompt", "hi"],
+        ["generate", "--edit", "{afile}", "--prompt", "hi", "--threads", "0"],
+    ],
+    "sae train": [
+        SAE_TRAIN + ["--lr", "nan"],
+        SAE_TRAIN + ["--lr", "0"],
+        SAE_TRAIN + ["--l1", "nan"],
+        SAE_TRAIN + ["--batch-size", "0"],
+        SAE_TRAIN + ["--device", "bogus"],
+        SAE_TRAIN + ["--device", "cuda:99"],
+        SAE_TRAIN + ["--text-file", "{binary}"],
+        SAE_TRAIN + ["--text-file", "{empty}"],
+        SAE_TRAIN + ["--out", "{under_file}"],
+        SAE_TRAIN + ["--width", "0"],
+        SAE_TRAIN + ["--epochs", "0"],
+        SAE_TRAIN + ["--max-length", "0"],
+        SAE_TRAIN + ["--site", "resid_post"],
+        SAE_TRAIN + ["--site", "bogus.3"],
+    ],
+    "sae eval": [
+        ["sae", "eval", "{missing}"],
+        ["sae", "eval", "{folder}"],
+        ["sae", "eval", "{afile}", "--texts", "0"],
+        ["sae", "eval", "{afile}", "--text-file", "{binary}"],
+        ["sae", "eval", "{afile}", "--device", "gpu"],
+        ["sae", "eval", "{afile}", "--site", "nolayer"],
+        ["sae", "eval", "{afile}", "--ablation", "bogus"],
+    ],
+    "merge": [
+        ["merge", "{missing}", "--out", "{new_dir}"],
+        ["merge", "{binary}", "--out", "{new_dir}"],
+        ["merge", "{folder}", "--out", "{new_dir}"],
+        ["merge", "{recipe_list_method}", "--out", "{new_dir}"],
+        ["merge", "{recipe}", "--out", "{under_file}"],
+        ["merge", "{recipe}", "--out", "{afile}"],
+        MERGE + ["--shard-size", "0"],
+        MERGE + ["--shard-size", "abc"],
+    ],
+    "task-vector": [
+        ["task-vector", "{missing}", "{model_b}", "--out", "{new_file}"],
+        ["task-vector", "{model_a}", "{missing}", "--out", "{new_file}"],
+        ["task-vector", "{model_a}", "{model_b}", "--out", "{under_file}"],
+        ["task-vector", "{model_a}", "{model_b}", "--out", "{folder}"],
+        ["task-vector", "{model_a}", "{model_b}"],
+    ],
+    "lora-combine": [
+        ["lora-combine", "{missing}", "{adapter_b}", "--out", "{new_dir}"],
+        ["lora-combine", "{afile}", "{adapter_b}", "--out", "{new_dir}"],
+        LORA + ["--weights", "nan", "1"],
+        LORA + ["--weights", "inf", "1"],
+        LORA + ["--weights", "abc", "1"],
+        LORA + ["--rank", "0"],
+        LORA + ["--rank", "-1"],
+        ["lora-combine", "{adapter_a}", "{adapter_b}", "--out", "{under_file}"],
+        ["lora-combine", "{adapter_a}", "{adapter_b}", "--out", "{afile}"],
+    ],
+    "interpolate": [
+        ["interpolate", "{no_model}", "--texts", "0"],
+        ["interpolate", "{no_model}", "--texts", "-2"],
+        ["interpolate", "{no_model}", "--max-tokens", "0"],
+        ["interpolate", "{no_model}", "--alphas", "1"],
+        ["interpolate", "{no_model}", "--noise", "nan"],
+        ["interpolate", "{no_model}", "--out", "{under_file}"],
+        ["interpolate", "{no_model}", "--out", "{folder}"],
+    ],
+    "rebasin": [
+        ["rebasin", "--out", "{under_file}"],
+        ["rebasin", "--out", "{folder}"],
+        ["rebasin", "--widths", "0"],
+        ["rebasin", "--widths", "-4"],
+        ["rebasin", "--seeds", "1"],
+        ["rebasin", "--seeds", "a", "b"],
+    ],
+    "latent": [
+        ["latent", "--out", "{new_png}", "--from", "11"],
+        ["latent", "--out", "{new_png}", "--to", "-1"],
+        ["latent", "--out", "{new_png}", "--steps", "1"],
+        ["latent", "--out", "{new_png}", "--per-pair", "0"],
+        ["latent", "--out", "{new_png}", "--from", "3", "--to", "3"],
+        ["latent", "--out", "{under_file}"],
+        ["latent", "--out", "{new_png}", "--direction-out", "{folder}"],
+    ],
+    "translate": [
+        ["translate", "--texts", "{missing}", "--source", "{no_model}"],
+        ["translate", "--texts", "{binary}", "--source", "{no_model}"],
+        ["translate", "--texts", "{short}", "--source", "{no_model}"],
+        ["translate", "--out", "{under_file}", "--source", "{no_model}"],
+        ["translate", "--rank", "0", "--source", "{no_model}"],
+        ["translate", "--statements", "-1", "--source", "{no_model}"],
+        ["translate", "--stitch", "abc", "--target", "{no_model}"],
+        ["translate", "--stitch", "1:2", "--scale", "nan", "--target", "{no_model}"],
+        ["translate", "--source-site", "resid_post", "--source", "{no_model}"],
+        ["translate", "--source-site", "nosuch.3", "--source", "{no_model}"],
+    ],
+    "lens": [
+        ["lens", "--prompt", ""],
+        ["lens", "--prompt", "hi", "--out", "{under_file}"],
+        ["lens", "--prompt", "hi", "--out", "{folder}"],
+        ["lens", "--prompt", "hi", "--threads", "-3"],
+        ["lens", "--prompt", "hi", "--kind", "bogus"],
+        ["lens"],
+    ],
+    "probe": [
+        ["probe", "--layers", "abc"],
+        ["probe", "--layers", "1,,2"],
+        ["probe", "--statements", "-5"],
+        ["probe", "--candidates", "0"],
+        ["probe", "--out", "{under_file}"],
+        ["probe", "--threads", "0"],
+        ["probe", "--dataset", "bogus"],
+    ],
+}
+
+GOOD = {
+    "steer fit": ["steer", "fit", "--layer", "3", "--out", "{new_file}", "--pairs", "{pairs_jsonl}"],
+    "steer generate": ["steer", "generate", "--vector", "{afile}", "--prompt", "hi", "--max-new-tokens", "4"],
+    "steer dose": ["steer", "dose", "--vector", "{afile}", "--strengths=-0.1,0,0.1", "--words", "good",
+                   "--against", "bad"],
+    "erase": ["erase", "--data", "{labels}", "--layers", "1-2", "--out", "{new_file}"],
+    "edit": EDIT + ["--out", "{new_file}"],
+    "generate": ["generate", "--edit", "{afile}", "--prompt", "hi"],
+    "sae train": SAE_TRAIN + ["--text-file", "{texts}", "--site", "resid_post.2", "--lr", "1e-3"],
+    "sae eval": ["sae", "eval", "{afile}", "--text-file", "{texts}"],
+    "merge": MERGE,
+    "task-vector": TASK_VECTOR,
+    "lora-combine": LORA + ["--weights", "1", "-1", "--rank", "2"],
+    "interpolate": ["interpolate", "{no_model}", "--out", "{new_file}"],
+    "rebasin": ["rebasin", "--widths", "8", "--out", "{new_file}"],
+    "latent": ["latent", "--out", "{new_png}", "--direction-out", "{new_file}"],
+    "translate": ["translate", "--texts", "{texts}", "--source", "{no_model}", "--source-site", "resid_post.1",
+                  "--out", "{new_file}"],
+    "lens": ["lens", "--prompt", "hi", "--out", "{new_png}"],
+    "probe": ["probe", "--layers", "1,-1", "--out", "{new_file}"],
+}
+
+
+@pytest.fixture
+def paths(tmp_path, monkeypatch):
+    """Input files of every kind, and output paths; the working folder is ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    for module, name in WORK:
+        def refuse(*args, _name=name, **kwargs):
+            raise Reached(_name)
+        monkeypatch.setattr(f"{module}.{name}", refuse)
+    files = {
+        "binary": b"\xff\xfe\x00\x81 not text\n",
+        "afile": b"previous output\n",
+        "empty": b"",
+        "one_class": b"a\tParis is in France\na\tRome is in Italy\n",
+        "labels": b"a\tParis is in France\nb\tRome is in Spain\n",
+        "bad_jsonl.jsonl": b'{"positive": "good"\n',
+        "one_column_csv.csv": b"good\n",
+        "pairs_jsonl.jsonl": b'{"positive": "good", "negative": "bad"}\n',
+        "texts": "".join(f"text number {i}\n" for i in range(10)).encode(),
+        "short": b"one\ntwo\n",
+    }
+    p = {}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        p[name.split(".")[0]] = tmp_path / name
+    for name in ("folder", "model_a", "model_b", "adapter_a", "adapter_b"):
+        (tmp_path / name).mkdir()
+        p[name] = tmp_path / name
+    (tmp_path / "recipe.yaml").write_text(f"merge_method: linear\nmodels:\n  - model: {p['model_a']}\n"
+                                          f"    parameters: {{weight: 1.0}}\n  - model: {p['model_b']}\n"
+                                          "    parameters: {weight: 1.0}\n")
+    (tmp_path / "recipe_list_method.yaml").write_text(f"merge_method: [1, 2]\nmodels:\n  - model: {p['model_a']}\n")
+    p.update(recipe=tmp_path / "recipe.yaml", recipe_list_method=tmp_path / "recipe_list_method.yaml",
+             missing=tmp_path / "missing.txt", under_file=tmp_path / "afile" / "out.safetensors",
+             new_file=tmp_path / "new" / "out.safetensors", new_dir=tmp_path / "new-dir",
+             new_png=tmp_path / "new" / "grid.png", no_model=tmp_path / "no-model")
+    return {k: str(v) for k, v in p.items()}
+
+
+def _argv(template: list[str], paths: dict) -> list[str]:
+    argv = [paths[part[1:-1]] if re.fullmatch(r"\{\w+\}", part) else part for part in template]
+    command = tuple(argv[:2]) if argv[0] in ("steer", "sae") else (argv[0],)
+    return argv + (["--model", paths["no_model"]] if command in TAKES_MODEL else [])
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    return code
+
+
+CASES = [pytest.param(command, argv, id=f"{command}:{' '.join(argv[len(command.split()):])}")
+         for command, table in BAD.items() for argv in table]
+
+
+@pytest.mark.parametrize(("command", "template"), CASES)
+def test_a_bad_input_fails_fast_with_one_line(command, template, paths, tmp_path, capsys):
+    before = _snapshot(tmp_path)
+    code = _run(_argv(template, paths))
+    captured = capsys.readouterr()
+    assert code not in (0, None)
+    assert "Traceback" not in captured.err + captured.out
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or ": error: " in line]
+    assert len(errors) == 1, captured.err
+    assert lines[-1] == errors[0] and len(errors[0]) < 300
+    # the rest is argparse's usage text, never a progress line of work that began
+    assert all(line.startswith(("usage:", " ")) for line in lines[:-1]), captured.err
+    assert _snapshot(tmp_path) == before  # nothing written, earlier files untouched
+
+
+def test_every_family_subcommand_has_at_least_five_bad_inputs():
+    from almostlinear.cli import build_parser
+
+    commands = set()
+    for name, parser in build_parser()._subparsers._group_actions[0].choices.items():
+        inner = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        commands |= {f"{name} {sub}" for sub in inner[0].choices} if inner else {name}
+    assert commands - {"audit", "models"} == set(BAD) == set(GOOD)
+    assert min(len(table) for table in BAD.values()) >= 5
+
+
+@pytest.mark.parametrize("command", sorted(GOOD))
+def test_good_arguments_reach_the_work(command, paths, capsys):
+    with pytest.raises(Reached):
+        _run(_argv(GOOD[command], paths))
