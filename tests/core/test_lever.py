@@ -122,3 +122,38 @@ def test_check_strength_refuses_what_is_not_a_strength(value, units, error):
 
 def test_check_strength_accepts_numbers_in_every_unit():
     assert check_strength(torch.tensor(0.5), "fraction") == 0.5 and check_strength(1, "none") == 1.0
+
+
+def test_weight_contexts_closed_out_of_order_still_restore_the_model_exactly():
+    from almostlinear.core.lever import LeverOrderWarning
+
+    net = _net()
+    original = {k: v.clone() for k, v in net.state_dict().items()}
+    first = temporarily_changed(net, ["2.weight", "0.weight"], lambda: (net[2].weight.add_(1.0), net[0].weight.add_(1.0)))
+    second = temporarily_changed(net, ["2.weight"], lambda: net[2].weight.mul_(3.0))
+    first.__enter__()
+    second.__enter__()
+    with pytest.warns(LeverOrderWarning, match="2.weight"):
+        first.__exit__(None, None, None)  # the wrong order
+    assert torch.equal(net[0].weight, original["0.weight"])  # not shared with the open context: restored
+    assert not torch.equal(net[2].weight, original["2.weight"])  # shared: kept until the later one closes
+    second.__exit__(None, None, None)
+    assert all(torch.equal(original[k], v) for k, v in net.state_dict().items())
+    assert not hasattr(net, BASE_ATTR)
+
+
+def test_real_weight_levers_closed_out_of_order_restore_the_model(tiny_llama):
+    import warnings
+
+    from almostlinear.merging import TaskVector
+
+    original = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    deltas = {n: torch.full_like(p, 0.01) for n, p in tiny_llama.named_parameters() if "mlp" in n}
+    a, b = TaskVector(deltas).apply(tiny_llama), TaskVector(deltas).apply(tiny_llama, strength=-3.0)
+    a.__enter__()
+    b.__enter__()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.__exit__(None, None, None)
+        b.__exit__(None, None, None)
+    assert all(torch.equal(original[k], v) for k, v in tiny_llama.state_dict().items())

@@ -31,6 +31,7 @@ import contextlib
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,14 +308,51 @@ def temporarily_changed(model: Any, names: Iterable[str], change: Callable[[], N
 
     The named parameters are copied first and copied back on exit, also when ``change`` or the
     body raises, so the model is restored bit for bit. Yields the module.
+
+    Contexts may close in any order. One that closes while a later one still changes the same
+    parameters leaves them as they are and hands its copy to that later context, which restores it
+    on its own exit (with a :class:`LeverOrderWarning`): once all are closed the model is exactly as
+    before, never left with a change half undone.
     """
     module = as_model(model).module
     snapshot = _changed(module, names, change)
+    open_contexts = getattr(module, _OPEN_ATTR, None)
+    if open_contexts is None:
+        open_contexts = []
+        object.__setattr__(module, _OPEN_ATTR, open_contexts)
+    open_contexts.append(snapshot)
     try:
         yield module
     finally:
-        snapshot.restore()
+        _close(module, open_contexts, snapshot)
         release_base(module)
+
+
+_OPEN_ATTR = "_almostlinear_open_changes"  # weight contexts now open on a module, in the order entered
+
+
+class LeverOrderWarning(UserWarning):
+    """A weight lever's context closed before one entered after it on the same parameters."""
+
+
+def _close(module: nn.Module, open_contexts: list[WeightSnapshot], snapshot: WeightSnapshot) -> None:
+    later = open_contexts[open_contexts.index(snapshot) + 1:]
+    open_contexts.remove(snapshot)
+    if not open_contexts:
+        object.__delattr__(module, _OPEN_ATTR)
+    handed = []
+    with torch.no_grad():
+        for name, original in snapshot.saved.items():
+            heir = next((s for s in later if name in s.saved), None)
+            if heir is None:
+                restore_parameter(module, name, original)
+            else:  # the later context restores to the state before this one
+                heir.saved[name] = original
+                handed.append(name)
+    if handed:
+        warnings.warn(f"a weight lever's context closed before one entered after it; its change to {handed[:3]} stays "
+                      "until that later context closes, which then restores the weights exactly",
+                      LeverOrderWarning, stacklevel=4)
 
 
 def bake_weights(model: Any, names: Iterable[str], change: Callable[[], None], *, kind: str,

@@ -27,29 +27,37 @@ NEUTRAL_NEW_TOKENS = 80
 
 def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:
     """Texts and labels from a file: JSON lines ``{"text": ..., "label": ...}`` or ``label<TAB>text`` lines."""
-    texts, labels = [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
-                try:
-                    item = json.loads(line)
-                    text, label = item["text"], item["label"]
-                except (ValueError, KeyError, TypeError) as error:
-                    raise EmptyDataError(
-                        f"{path}:{number}: expected {{\"text\": ..., \"label\": ...}}: {error}") from None
-            else:
-                label, tab, text = line.partition("\t")
-                if not tab:
-                    raise EmptyDataError(f"{path}:{number}: expected 'label<TAB>text' or a JSON object")
-            if not str(text).strip():
-                raise EmptyDataError(f"{path}:{number}: empty text")
-            texts.append(str(text))
-            labels.append(str(label))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            texts, labels = _labelled_lines(path, handle)
+    except UnicodeDecodeError:
+        raise EmptyDataError(f"{path} is not UTF-8 text") from None
     if not texts:
         raise EmptyDataError(f"{path} holds no labelled texts")
+    return texts, labels
+
+
+def _labelled_lines(path, handle) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    for number, line in enumerate(handle, 1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                item = json.loads(line)
+                text, label = item["text"], item["label"]
+            except (ValueError, KeyError, TypeError) as error:
+                raise EmptyDataError(
+                    f"{path}:{number}: expected {{\"text\": ..., \"label\": ...}}: {error}") from None
+        else:
+            label, tab, text = line.partition("\t")
+            if not tab:
+                raise EmptyDataError(f"{path}:{number}: expected 'label<TAB>text' or a JSON object")
+        if not str(text).strip():
+            raise EmptyDataError(f"{path}:{number}: empty text")
+        texts.append(str(text))
+        labels.append(str(label))
     return texts, labels
 
 
@@ -206,7 +214,7 @@ def register(sub) -> None:
     source = erase.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=DATASETS, default="cities",
                         help="packaged true/false statements (default: cities)")
-    source.add_argument("--data", default=None, type=clitools.text_file,
+    source.add_argument("--data", default=None,
                         help="a labelled file: JSON lines {\"text\": ..., \"label\": ...} or label<TAB>text lines")
     erase.add_argument("--layers", default=None, type=_layers_arg,
                        help="'all', comma-separated layers or a range like 10-20 (default: the middle layer)")

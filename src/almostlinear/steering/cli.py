@@ -63,11 +63,6 @@ def read_pairs_file(spec: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _pairs_arg(text: str) -> str:
-    """A built-in pair set's name, or a readable UTF-8 file."""
-    return text if text in PAIR_SETS else clitools.text_file(text)
-
-
 _POLICY = re.compile(r"all|prompt|generated|first|last|last:[1-9]\d*|-?\d+(,-?\d+)*")
 
 
@@ -177,7 +172,7 @@ def register(sub) -> None:
 
     fit = inner.add_parser("fit", help="fit a steering vector from contrast pairs")
     fit.add_argument("--model", help="name or folder (default: the default model)")
-    fit.add_argument("--pairs", default="sentiment", type=_pairs_arg,
+    fit.add_argument("--pairs", default="sentiment",
                      help=f"built-in set ({', '.join(PAIR_SETS)}) or a .jsonl/.csv/.tsv file of (positive, negative)")
     fit.add_argument("--layer", type=int, required=True)
     fit.add_argument("--site", default="resid_post")
@@ -189,7 +184,7 @@ def register(sub) -> None:
     fit.set_defaults(func=fit_command)
 
     gen = inner.add_parser("generate", help="generate with a steering vector added")
-    gen.add_argument("--vector", required=True, type=clitools.input_file)
+    gen.add_argument("--vector", required=True)
     gen.add_argument("--strength", type=clitools.finite_float, default=0.1,
                      help="in units of the median residual norm at the vector's layer (see --units)")
     gen.add_argument("--prompt", action="append", type=clitools.nonempty_text, help="may be repeated")
@@ -205,7 +200,7 @@ def register(sub) -> None:
     gen.set_defaults(func=generate_command)
 
     dose = inner.add_parser("dose", help="behaviour change and side effects against strength")
-    dose.add_argument("--vector", required=True, type=clitools.input_file)
+    dose.add_argument("--vector", required=True)
     dose.add_argument("--model", help="name or folder (default: the default model)")
     dose.add_argument("--strengths", default="-0.2,-0.1,0,0.1,0.2", type=clitools.float_list,
                       help="comma-separated strengths")
