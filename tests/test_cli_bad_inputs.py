@@ -10,10 +10,13 @@ each bad case fails because of its one bad value.
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from almostlinear.cli import main
 
@@ -348,3 +351,48 @@ def test_good_arguments_reach_the_work(command, paths, monkeypatch):
     _stop_at(ARTIFACTS, monkeypatch)
     with pytest.raises(Reached):
         _run(_argv(GOOD[command], paths))
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    from almostlinear.cli import build_parser
+
+    found = {}
+    for name, parser in build_parser()._subparsers._group_actions[0].choices.items():
+        inner = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for sub, subparser in (inner[0].choices.items() if inner else [(None, parser)]):
+            found[f"{name} {sub}" if sub else name] = subparser
+    return found
+
+
+NASTY = ["", " ", "0", "-1", "-3", "1", "3", "2.5", "nan", "inf", "-inf", "1e308", "abc", "a,b", ",", "1,,2",
+         "last:abc", "last:0", "resid_post", "resid_post.2", "bogus.3", "cuda:99", "x\x00y", "{missing}",
+         "{binary}", "{folder}", "{afile}", "{under_file}", "{empty}", "{texts}", "{new_file}"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_arguments_never_end_in_a_traceback(data, paths, tmp_path, capsys):
+    """Random options with hostile values: a usage error, a one-line error or the start of the work."""
+    commands = _subcommands()
+    command = data.draw(st.sampled_from(sorted(set(commands) - {"audit", "models"})))
+    options = [a for a in commands[command]._actions if a.option_strings and a.dest != "help"]
+    value = st.one_of(st.sampled_from(NASTY), st.text(max_size=12))
+    argv = command.split()
+    for action in data.draw(st.lists(st.sampled_from(options), max_size=4)):
+        argv.append(action.option_strings[-1])
+        if action.nargs != 0:
+            argv += data.draw(st.lists(value, min_size=1, max_size=2 if action.nargs in ("+", 2) else 1))
+    argv += data.draw(st.lists(value, max_size=3))  # positionals, or stray words
+    argv = [paths[part[1:-1]] if re.fullmatch(r"\{\w+\}", part) else part for part in argv]
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    try:
+        code = _run(argv)
+    except Reached:
+        code = None
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    if code not in (0, None):
+        errors = [line for line in captured.err.splitlines() if line.startswith("error:") or ": error: " in line]
+        assert len(errors) == 1, (argv, captured.err)
+    assert _snapshot(tmp_path) == before

@@ -127,3 +127,22 @@ def test_report_pairs_are_written_together_and_follow_the_umask(tmp_path):
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o666 & ~umask
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]
+
+
+def test_an_unwritable_out_folder_is_refused_before_any_section_runs(tmp_path, monkeypatch):
+    import os
+
+    from almostlinear.audit import run as run_module
+    from almostlinear.core.errors import AlmostLinearError
+
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("not a folder")
+        out = blocker / "report"  # a folder inside a file cannot be created, even by root
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        out = locked / "report"
+    monkeypatch.setattr(run_module, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(AlmostLinearError, match="cannot write"):
+        run_module.run_audit("smollm2-135m", out=out, quick=True)

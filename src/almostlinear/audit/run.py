@@ -12,6 +12,7 @@ import torch
 
 from .. import __version__
 from ..core.errors import DeviceError
+from ..core.paths import check_writable_folder
 from ..core.models import DEFAULT_MODEL, LoadedModel, load
 from ..core.section import AuditContext, Budget
 from .plan import run_sections
@@ -56,6 +57,8 @@ def run_audit(model: str | LoadedModel = DEFAULT_MODEL, *, out: str | Path | Non
     """
     began = time.perf_counter()
     chosen = make_sections(sections)
+    if out is not None:
+        check_writable_folder(out)  # before any work: an unwritable folder must not cost the results
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for, but torch sees no CUDA device on this machine; "
                           "use --device cpu")

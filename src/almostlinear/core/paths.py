@@ -23,3 +23,23 @@ def cache_dir(*parts: str) -> Path:
     path = base.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` (created if missing) when files can be written in it; a library error otherwise.
+
+    Commands that write results at the end check their output folder this way before any work, so
+    an unwritable folder is a message at the start rather than lost results at the end.
+    """
+    import tempfile
+
+    from .errors import AlmostLinearError
+
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise AlmostLinearError(f"cannot write in {path}: {error.strerror or error}; choose another --out") from error
+    return path
