@@ -129,3 +129,23 @@ def test_minilm_loads_as_encoder(minilm):
     assert minilm.kind == "encoder"
     assert minilm.fingerprint == fingerprint(minilm.model)
     assert not minilm.model.training
+
+
+def test_a_conversion_finished_first_by_another_process_is_kept(tmp_path):
+    from almostlinear.core.models import publish_folder
+
+    target, ours = tmp_path / "model", tmp_path / ".model.tmp"
+    for folder, text in ((target, "theirs"), (ours, "ours")):
+        folder.mkdir()
+        (folder / "config.json").write_text(text)
+    publish_folder(ours, target)  # the twin won the race: no error, its copy stays
+    assert (target / "config.json").read_text() == "theirs"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "partial").write_text("x")
+    other = tmp_path / ".other.tmp"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    (other / "more").write_text("x")
+    with pytest.raises(OSError):
+        publish_folder(other, broken)  # a target without a finished config is not taken for a good copy

@@ -93,10 +93,21 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     try:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a half-written cache is never taken for a good one
+        publish_folder(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_folder(tmp: Path, target: Path) -> None:
+    """Rename a finished ``tmp`` folder to ``target`` atomically, so a half-written cache is never
+    taken for a good one. When another process finished the same conversion first, its copy is as
+    good as ours (same source, same conversion): keep it (the caller removes ``tmp``)."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
 
 
 def _embedded_folder(entry: EmbeddedModel, progress=None) -> Path:
