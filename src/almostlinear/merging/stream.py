@@ -64,9 +64,46 @@ def read_header(path: Path) -> tuple[dict, int]:
             raise AlmostLinearError(f"{path} has an implausible safetensors header of {length} bytes")
         try:
             header = json.loads(f.read(length))
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise AlmostLinearError(f"{path} has a corrupt safetensors header: {error}") from error
+    if not isinstance(header, dict):
+        raise AlmostLinearError(f"{path} has a corrupt safetensors header: expected a JSON object")
     return header, 8 + length
+
+
+def tensor_info(file: Path, name: str, entry, data_start: int, file_size: int, label: str) -> TensorInfo:
+    """One header entry, checked before anything is allocated: dtype, shape, offsets inside the file,
+    and a byte count that matches shape × dtype (a header claiming a huge shape is refused)."""
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        shape = tuple(shape)
+    except (TypeError, KeyError, ValueError) as error:
+        raise AlmostLinearError(f"{label}: tensor {name!r} has a malformed header entry: {entry!r:.200}") from error
+    if dtype not in DTYPES:
+        raise AlmostLinearError(f"{label}: tensor {name!r} has unsupported dtype {dtype!r}")
+    ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (*shape, begin, end))
+    if not ints or end < begin or data_start + end > file_size:
+        raise AlmostLinearError(f"{label}: tensor {name!r} has shape {shape} and offsets {[begin, end]} that do "
+                                f"not fit in {file.name} ({file_size} bytes)")
+    info = TensorInfo(name, file, DTYPES[dtype], shape, data_start + begin, end - begin)
+    if info.numel * info.dtype.itemsize != info.nbytes:
+        raise AlmostLinearError(f"{label}: tensor {name!r} claims shape {shape} of {dtype} ({info.numel} values) "
+                                f"but holds {info.nbytes} bytes")
+    return info
+
+
+def _shard_names(index: Path, folder: Path) -> list[str]:
+    """The shard files an index names, each confined to ``folder`` (no path outside it is followed)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = list(dict.fromkeys(weight_map.values()))
+    except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as error:
+        raise AlmostLinearError(f"{index} is not a valid shard index: {error}") from error
+    root = folder.resolve()
+    for name in names:
+        if not isinstance(name, str) or (folder / name).resolve().parent != root:
+            raise AlmostLinearError(f"{index} names a shard {name!r} outside its folder; refusing to follow it")
+    return names
 
 
 class Checkpoint:
@@ -82,8 +119,7 @@ class Checkpoint:
             self.folder = self.path
             index = self.path / INDEX_NAME
             if index.is_file():
-                weight_map = json.loads(index.read_text())["weight_map"]
-                files = [self.path / f for f in dict.fromkeys(weight_map.values())]
+                files = [self.path / f for f in _shard_names(index, self.path)]
             else:
                 files = sorted(self.path.glob("*.safetensors"))
             if not files:
@@ -96,18 +132,26 @@ class Checkpoint:
             if not file.is_file():
                 raise ModelNotFoundError(f"{self.label}: shard {file.name} named in the index is missing")
             header, data_start = read_header(file)
-            self.metadata.update(header.pop("__metadata__", {}) or {})
+            metadata = header.pop("__metadata__", {}) or {}
+            if not isinstance(metadata, dict):
+                raise AlmostLinearError(f"{self.label}: {file.name} has metadata that is not a JSON object")
+            self.metadata.update(metadata)
+            size = file.stat().st_size
             for name, entry in header.items():
-                if entry["dtype"] not in DTYPES:
-                    raise AlmostLinearError(f"{self.label}: tensor {name!r} has unsupported dtype {entry['dtype']}")
-                begin, end = entry["data_offsets"]
-                self.infos[name] = TensorInfo(name, file, DTYPES[entry["dtype"]], tuple(entry["shape"]),
-                                              data_start + begin, end - begin)
+                self.infos[name] = tensor_info(file, name, entry, data_start, size, self.label)
 
     def config(self) -> dict:
         """``config.json`` next to the weights, or {} when there is none."""
         path = self.folder / "config.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            config = json.loads(path.read_text())
+        except (ValueError, RecursionError) as error:
+            raise AlmostLinearError(f"{path} is not valid JSON: {error}") from error
+        if not isinstance(config, dict):
+            raise AlmostLinearError(f"{path} is not a JSON object")
+        return config
 
     def keys(self) -> list[str]:
         return list(self.infos)
