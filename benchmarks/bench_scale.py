@@ -32,10 +32,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SECTIONS = ["interlayer_linearity", "block_linearity", "logit_lens"]
-WIDTHS = (128, 256, 512, 1024)   # at DEPTH layers
+WIDTHS = (128, 256, 512, 1024, 2048)   # at DEPTH layers
 DEPTH = 4
 DEPTHS = (8, 16)                 # at WIDTH_FOR_DEPTH (plus the shared (256, 4) point)
-WIDTH_FOR_DEPTH = 256
+WIDTH_FOR_DEPTH = 512
 TARGETS = {"Llama-3-8B": (4096, 14336, 32), "Llama-3-70B": (8192, 28672, 80)}
 GB = 1e9
 
@@ -113,12 +113,15 @@ def spawn(what: str, d: int, layers: int, args) -> dict:
 
 
 def fit(rows: list[dict], features, target: str):
-    """Least-squares coefficients of ``target`` on ``features(row)``; also the largest relative residual."""
+    """Least-squares coefficients of ``target`` on ``features(row)``, each point weighted by 1/value so
+    that the small shapes count by their relative error rather than vanishing next to the largest;
+    also the largest relative residual."""
     import numpy as np
 
     X = np.array([features(r["d"], r["d_mlp"], r["layers"]) for r in rows], dtype=float)
     y = np.array([r[target] for r in rows], dtype=float)
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    w = 1.0 / np.maximum(np.abs(y), 1e-9)
+    coef, *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
     pred = X @ coef
     worst = float(np.max(np.abs(pred - y) / np.maximum(np.abs(y), 1e-9)))
     return coef, worst
@@ -128,6 +131,13 @@ AUDIT_RSS = (("L·d²", lambda d, m, L: L * d * d), ("d²", lambda d, m, L: d * 
 AUDIT_TIME = (("1", lambda d, m, L: 1.0), ("L·d²", lambda d, m, L: L * d * d), ("L·d³", lambda d, m, L: L * d ** 3))
 KEYS_RSS = (("1", lambda d, m, L: 1.0), ("d_mlp²", lambda d, m, L: m * m))
 KEYS_TIME = (("1", lambda d, m, L: 1.0), ("d_mlp²", lambda d, m, L: m * m), ("d_mlp³", lambda d, m, L: m ** 3))
+
+
+STATE_BYTES = 72 + 48 + 96  # float64 bytes per L·d² of the three sections' moment state
+
+
+def per_unit(r: dict) -> float:
+    return r["extra"] / (r["layers"] * r["d"] ** 2 if r["what"] == "audit" else r["d_mlp"] ** 2)
 
 
 def law(terms, coef, unit: str, scale: float) -> str:
@@ -202,13 +212,13 @@ def report(rows, args, load, started) -> str:
         "",
         "## Measured",
         "",
-        "| measurement | d | d_mlp | L | baseline MB | peak over baseline MB | s | sections |",
-        "|---|---|---|---|---|---|---|---|",
+        "| measurement | d | d_mlp | L | baseline MB | peak over baseline MB | bytes per L·d² (audit) or per d_mlp² (keys) | s | sections |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         st = ", ".join(f"{k}={v}" for k, v in r["statuses"].items()) if r["statuses"] else ""
         lines.append(f"| {r['what']} | {r['d']} | {r['d_mlp']} | {r['layers']} | {r['baseline'] / 1e6:.0f} | "
-                     f"{r['extra'] / 1e6:.1f} | {r['seconds']:.1f} | {st} |")
+                     f"{r['extra'] / 1e6:.1f} | {per_unit(r):.0f} | {r['seconds']:.1f} | {st} |")
     lines += ["", "## Fitted laws and extrapolation", "",
               "| quantity | fitted law (least squares) | worst relative residual | points | "
               + " | ".join(TARGETS) + " |",
@@ -217,6 +227,13 @@ def report(rows, args, load, started) -> str:
         n = len(audit) if name.startswith("audit") else len(keys)
         preds = " | ".join(f"{predict(terms, coef, s) / scale:,.1f}{unit}" for s in TARGETS.values())
         lines.append(f"| {name} | {law(terms, coef, unit, scale)} | {worst:.2f} | {n} | {preds} |")
+    big = max(audit, key=lambda r: r["layers"] * r["d"] ** 2)
+    preds = " | ".join(f"{per_unit(big) * L * d * d / GB:,.1f} GB" for d, m, L in TARGETS.values())
+    lines.append(f"| audit peak RSS, proportional to the largest point (d={big['d']}, L={big['layers']}) | "
+                 f"{per_unit(big):.0f} B·L·d² | — | 1 | {preds} |")
+    preds = " | ".join(f"{STATE_BYTES * L * d * d / GB:,.1f} GB" for d, m, L in TARGETS.values())
+    lines.append(f"| audit float64 state by formula (interlayer 72 + lens 48 + block 96 B·L·d²) | "
+                 f"{STATE_BYTES} B·L·d² | — | — | {preds} |")
     lines.append("")
     return "\n".join(lines)
 

@@ -49,10 +49,12 @@ def _recipes(m):
         "task_arithmetic": dict(merge_method="task_arithmetic", base_model=str(m["base"]), dtype="float32", models=[
             dict(model=str(m["ft0"]), parameters=dict(weight=0.8)),
             dict(model=str(m["ft1"]), parameters=dict(weight=[{"filter": "mlp", "value": 0.1}, {"value": 0.5}]))]),
+        "slerp": dict(merge_method="slerp", base_model=str(m["ft0"]), dtype="float32", parameters=dict(t=0.3),
+                      models=[dict(model=str(m["ft0"])), dict(model=str(m["ft1"]))]),
     }
 
 
-@pytest.mark.parametrize("name", ["linear", "ties", "ties_unequal", "task_arithmetic"])
+@pytest.mark.parametrize("name", ["linear", "ties", "ties_unequal", "task_arithmetic", "slerp"])
 def test_equals_mergekit(saved_models, tmp_path, name):
     recipe = _recipes(saved_models)[name]
     theirs = _mergekit(recipe, tmp_path / "mergekit")

@@ -183,3 +183,22 @@ def test_writer_checks_order_shape_and_count(tmp_path):
     out = load_file(str(tmp_path / "z" / "model.safetensors"))
     assert out["a"].tolist() == [1.0, 2.0] and out["b"].dtype == torch.float16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z"]
+
+
+def test_verify_counts_a_removed_checksum_and_never_reads_outside(saved_models, tmp_path):
+    import json as json_module
+
+    out = tmp_path / "out"
+    merge_files(_linear(saved_models["ft0"], saved_models["ft1"]), out, shard_bytes=20_000)
+    index_path = out / "model.safetensors.index.json"
+    index = json_module.loads(index_path.read_text())
+    shards = sorted(index["metadata"]["sha256"])
+    assert len(shards) > 1 and all(verify(out).values())
+    removed = shards[0]
+    (out / removed).write_bytes(b"tampered")
+    del index["metadata"]["sha256"][removed]
+    index["metadata"]["sha256"]["../outside.safetensors"] = "0" * 64
+    (tmp_path / "outside.safetensors").write_bytes(b"x")
+    index_path.write_text(json_module.dumps(index))
+    result = verify(out)
+    assert result[removed] is False and result["../outside.safetensors"] is False

@@ -18,8 +18,8 @@ of L getting position i/(L−1); tensors outside the layers take the first value
 ``{filter: substring, value: ...}`` (the first entry whose filter occurs in the tensor name wins).
 Two additions: ``election: paper | weighted`` (TIES sign rule; default ``paper``, the rule of
 arXiv 2306.01708; mergekit elects on weighted deltas) and ``seed`` (DARE's random drops).
-``slerp`` interpolates each whole tensor (the original SLERP of two flattened vectors); mergekit's
-current ``slerp`` works row by row, so its output differs. Anything else (``slices``, ``modules``,
+``slerp`` interpolates each whole tensor (the original SLERP of two flattened vectors), as
+mergekit 0.1.5 does: the two agree to 2e-7 (tests/merging/test_merging_mergekit.py). Anything else (``slices``, ``modules``,
 ``tokenizer``, ``tokenizer_source: union``, unknown keys) is refused with a message naming the key,
 never silently ignored.
 

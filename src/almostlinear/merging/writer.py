@@ -221,21 +221,31 @@ class AtomicShardedWriter:
 
 
 def verify(folder: str | os.PathLike) -> dict[str, bool]:
-    """Recompute each shard's SHA-256 and compare with the index; {file: matches}."""
+    """Recompute each shard's SHA-256 and compare with the index; {file: matches}.
+
+    Every shard the weight map names must have a checksum (a removed entry counts as a mismatch),
+    and only files inside ``folder`` are read.
+    """
     folder = Path(folder)
     index_path = folder / INDEX_NAME
     if not index_path.is_file():
         raise AlmostLinearError(f"{folder} has no {INDEX_NAME}; it is not a finished merge")
-    sums = json.loads(index_path.read_text()).get("metadata", {}).get("sha256", {})
+    try:
+        index = json.loads(index_path.read_text())
+        sums = index.get("metadata", {}).get("sha256", {})
+        shards = set(index.get("weight_map", {}).values())
+    except (ValueError, RecursionError, AttributeError) as error:
+        raise AlmostLinearError(f"{index_path} is not a valid index: {error}") from error
     if not sums:
         raise AlmostLinearError(f"{index_path} records no checksums")
-    result = {}
+    root = folder.resolve()
+    result = {name: False for name in shards if name not in sums}  # a shard whose checksum was removed
     for name, expected in sums.items():
-        h = hashlib.sha256()
-        path = folder / name
-        if not path.is_file():
-            result[name] = False
+        path = folder / str(name)
+        if path.resolve().parent != root or not path.is_file():
+            result[name] = False  # outside the folder (never read) or missing
             continue
+        h = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
