@@ -369,7 +369,7 @@ NASTY = ["", " ", "0", "-1", "-3", "1", "3", "2.5", "nan", "inf", "-inf", "1e308
          "{binary}", "{folder}", "{afile}", "{under_file}", "{empty}", "{texts}", "{new_file}"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_arguments_never_end_in_a_traceback(data, paths, tmp_path, capsys, monkeypatch):
     """A command's good arguments plus hostile values for some of its options (the last value given

@@ -272,3 +272,15 @@ def test_lora_factors_with_non_finite_values_are_refused(where):
         scale = float("nan")
     with pytest.raises(NonFiniteError):
         LoraFactors(a, b, scale)
+
+
+def test_a_pattern_that_would_backtrack_exponentially_is_refused_at_once():
+    from almostlinear.adapters.lora import _pattern_value
+    from almostlinear.core.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="nests quantifiers"):  # matched first, this would run for hours
+        _pattern_value({"(a+)+b": 2.0}, "a" * 40 + "c", 1.0)
+    # ordinary PEFT keys: a literal module suffix, or a plain regex
+    assert _pattern_value({"layers.0.q_proj": 2.0}, "model.layers.0.q_proj", 1.0) == 2.0
+    assert _pattern_value({r"layers\.\d+\.v_proj": 3.0}, "model.layers.7.v_proj", 1.0) == 3.0
+    assert _pattern_value({"k_proj": 4.0}, "model.layers.7.v_proj", 1.0) == 1.0

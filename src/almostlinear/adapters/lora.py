@@ -136,10 +136,20 @@ class LoraAdapter:
                 w.copy_((w.double() + strength * d).to(w.dtype))
 
 
+# A quantified group that itself holds a quantifier, e.g. "(a+)+": such patterns can backtrack for
+# minutes on a 40-character name, so a pattern read from a file may not use them.
+_NESTED_QUANTIFIER = re.compile(r"\([^()]*[+*}][^()]*\)\s*[+*{]")
+
+
 def _pattern_value(patterns: Mapping[str, float], module: str, default: float) -> float:
     # PEFT matches a pattern key against the end of the module name (a regex is allowed)
     for key, value in patterns.items():
-        if module == key or re.fullmatch(rf"(.*\.)?{key}", module):
+        if module == key or module.endswith("." + key):
+            return value
+        if _NESTED_QUANTIFIER.search(key):
+            raise ArtifactError(f"the adapter's pattern {key!r} nests quantifiers, which can take exponential time "
+                                "to match; write it without a repeated group")
+        if re.fullmatch(rf"(.*\.)?{key}", module):
             return value
     return default
 
