@@ -11,6 +11,7 @@ each bad case fails because of its one bad value.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 from pathlib import Path
 
@@ -353,6 +354,7 @@ def test_good_arguments_reach_the_work(command, paths, monkeypatch):
         _run(_argv(GOOD[command], paths))
 
 
+@functools.cache
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
     from almostlinear.cli import build_parser
 

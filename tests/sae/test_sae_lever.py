@@ -175,3 +175,15 @@ def test_save_load_round_trips(setup, tmp_path):
         assert torch.equal(_logits(model, inputs), before)
     with pytest.raises(ArtifactError, match="not a"):
         SparseAutoencoder.load(tmp_path / "latent.safetensors")
+
+
+def test_an_sae_with_non_finite_parameters_is_refused():
+    from almostlinear.core.errors import NonFiniteError
+    from almostlinear.sae import SparseAutoencoder
+
+    d, width = 4, 8
+    w = torch.randn(d, width)
+    w[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="W_enc"):
+        SparseAutoencoder(w, torch.zeros(width), torch.randn(width, d), torch.zeros(d), torch.ones(width),
+                          torch.ones(width), activation="topk", k=2)

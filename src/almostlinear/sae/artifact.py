@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..core.artifact import Artifact, Provenance
-from ..core.errors import LayerError, LeverError, ShapeError, SiteError, check_choice
+from ..core.errors import LayerError, LeverError, NonFiniteError, ShapeError, SiteError, check_choice
 from ..core.hooks import Positions, add, replace
 from ..core.lever import Baked, as_model, check_fingerprint, check_strength
 from ..core.sites import Site
@@ -63,6 +63,11 @@ class SparseAutoencoder(Artifact):
                 raise ShapeError(f"SAE field {name} has shape {tuple(getattr(self, name).shape)}, expected {shape}")
         if self.activation == "topk" and not 1 <= self.k <= width:
             raise ShapeError(f"a TopK SAE needs 1 <= k <= width ({width}), got k={self.k}")
+        broken = [name for name in ("W_enc", "b_enc", "W_dec", "b_dec")
+                  if not bool(torch.isfinite(getattr(self, name)).all())]
+        if broken:  # e.g. training diverged (too high a learning rate): refuse rather than save it
+            raise NonFiniteError(f"the SAE's {', '.join(broken)} contain NaN or infinite values; training diverged "
+                                 "(lower the learning rate)")
         _default_units(self)
 
     @property
