@@ -316,6 +316,18 @@ def _run(argv: list[str]) -> int:
     return code
 
 
+@functools.cache
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    from almostlinear.cli import build_parser
+
+    found = {}
+    for name, parser in build_parser()._subparsers._group_actions[0].choices.items():
+        inner = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for sub, subparser in (inner[0].choices.items() if inner else [(None, parser)]):
+            found[f"{name} {sub}" if sub else name] = subparser
+    return found
+
+
 CASES = [pytest.param(command, argv, id=f"{command}:{' '.join(argv[len(command.split()):])}")
          for command, table in BAD.items() for argv in table]
 
@@ -337,13 +349,7 @@ def test_a_bad_input_fails_fast_with_one_line(command, template, paths, tmp_path
 
 
 def test_every_family_subcommand_has_at_least_five_bad_inputs():
-    from almostlinear.cli import build_parser
-
-    commands = set()
-    for name, parser in build_parser()._subparsers._group_actions[0].choices.items():
-        inner = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
-        commands |= {f"{name} {sub}" for sub in inner[0].choices} if inner else {name}
-    assert commands - {"audit", "models"} == set(BAD) == set(GOOD)
+    assert set(_subcommands()) - {"audit", "models"} == set(BAD) == set(GOOD)
     assert min(len(table) for table in BAD.values()) >= 5
 
 
@@ -352,18 +358,6 @@ def test_good_arguments_reach_the_work(command, paths, monkeypatch):
     _stop_at(ARTIFACTS, monkeypatch)
     with pytest.raises(Reached):
         _run(_argv(GOOD[command], paths))
-
-
-@functools.cache
-def _subcommands() -> dict[str, argparse.ArgumentParser]:
-    from almostlinear.cli import build_parser
-
-    found = {}
-    for name, parser in build_parser()._subparsers._group_actions[0].choices.items():
-        inner = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        for sub, subparser in (inner[0].choices.items() if inner else [(None, parser)]):
-            found[f"{name} {sub}" if sub else name] = subparser
-    return found
 
 
 NASTY = ["", " ", "0", "-1", "-3", "1", "3", "2.5", "nan", "inf", "-inf", "1e308", "abc", "a,b", ",", "1,,2",
@@ -400,3 +394,42 @@ def test_fuzzed_arguments_never_end_in_a_traceback(data, paths, tmp_path, capsys
         errors = [line for line in captured.err.splitlines() if line.startswith("error:") or ": error: " in line]
         assert len(errors) == 1, (argv, captured.err)
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(("check", "good", "bad"), [
+    ("positive_int", {"1": 1, " 7 ": 7}, ["0", "-3", "1.5", "abc", ""]),
+    ("nonnegative_int", {"0": 0, "12": 12}, ["-1", "nan", ""]),
+    ("finite_float", {"-0.5": -0.5, "1e3": 1000.0}, ["nan", "inf", "-inf", "abc", ""]),
+    ("positive_float", {"2e-4": 2e-4}, ["0", "-1", "nan"]),
+    ("nonnegative_float", {"0": 0.0, "5": 5.0}, ["-0.1", "inf"]),
+    ("unit_interval", {"0": 0.0, "1": 1.0, "0.25": 0.25}, ["1.01", "-0.01", "nan"]),
+    ("int_list", {"0,5,-1": [0, 5, -1], " 3 ": [3]}, ["abc", "1,,2", ",", "", "1.5"]),
+    ("float_list", {"-0.2,0,0.1": [-0.2, 0.0, 0.1]}, ["a,b", "nan", "0.1,", ""]),
+    ("word_list", {"good, great": ["good", "great"]}, [",", "", "a,,b"]),
+    ("nonempty_text", {"hi": "hi"}, ["", "   "]),
+    ("site_spec", {"resid_post.5": "resid_post.5", "mlp_out.-1": "mlp_out.-1"}, ["resid_post", ".3", "a.b"]),
+    ("device", {"cpu": "cpu", "cuda:1": "cuda:1", "mps": "mps"}, ["gpu", "cuda:", "cuda:x", ""]),
+])
+def test_argument_types(check, good, bad):
+    from almostlinear import clitools
+
+    parse = getattr(clitools, check)
+    assert {text: parse(text) for text in good} == good
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+
+
+def test_path_types(paths):
+    from almostlinear import clitools
+
+    assert clitools.text_file(paths["texts"]) == paths["texts"]
+    assert clitools.output_file(paths["new_file"]) == paths["new_file"]  # its folder is created when written
+    assert clitools.output_folder(paths["folder"]) == paths["folder"]
+    assert clitools.input_path(paths["model_a"]) == paths["model_a"] and clitools.input_path(paths["afile"])
+    for check, text in [("text_file", "binary"), ("text_file", "folder"), ("input_file", "missing"),
+                        ("input_folder", "afile"), ("output_file", "folder"), ("output_file", "under_file"),
+                        ("output_folder", "afile"), ("output_folder", "under_file")]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            getattr(clitools, check)(paths[text])
+    assert not Path(paths["new_file"]).parent.exists()  # checking created nothing

@@ -146,3 +146,23 @@ def test_an_unwritable_out_folder_is_refused_before_any_section_runs(tmp_path, m
     monkeypatch.setattr(run_module, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(AlmostLinearError, match="cannot write"):
         run_module.run_audit("smollm2-135m", out=out, quick=True)
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import os
+
+    from almostlinear.audit import report as report_module
+
+    real_fsync = os.fsync
+    calls = []
+
+    def full_disk(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(report_module.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        report_module.write_atomically(tmp_path, {"report.json": "{}", "report.html": "<html>"})
+    assert list(tmp_path.iterdir()) == []

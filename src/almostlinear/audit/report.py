@@ -194,12 +194,12 @@ def write_atomically(folder: Path, files: dict[str, str]) -> None:
     try:
         for name, text in files.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+            staged.append((tmp, folder / name))  # before writing: a full disk must not leave it behind
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o666 & ~umask)
-            staged.append((tmp, folder / name))
         lock = os.open(folder, os.O_RDONLY)  # a lock on the folder: no extra file in it
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
