@@ -78,3 +78,17 @@ def test_no_exported_name_is_shadowed_by_a_submodule(family):
         importlib.import_module(f"almostlinear.{family}.{info.name}")
     for name in getattr(package, "__all__", ()):
         assert not isinstance(getattr(package, name), type(importlib)), f"almostlinear.{family}.{name} is a module"
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
+    from almostlinear import cli
+
+    def broken(args):
+        raise RuntimeError("something inside")
+
+    monkeypatch.setattr(cli, "cmd_models", broken)
+    assert cli.main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: something inside" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="something inside"):
+        cli.main(["--debug", "models"])

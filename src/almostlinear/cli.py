@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="almostlinear", description=__doc__)
     parser.add_argument("--version", action="version", version=f"almostlinear {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     audit = sub.add_parser("audit", help="measure how linear a model is, beside the literature's values")
@@ -132,15 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     threads_before = torch.get_num_threads() if torch is not None else None
     try:
         return args.func(args)
-    except AlmostLinearError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a path the user gave that cannot be read or written
-        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("interrupted; no report was written", file=sys.stderr)
+        print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - one line for the user; the traceback with --debug
+        if args.debug:
+            raise
+        if isinstance(error, AlmostLinearError):
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if isinstance(error, OSError):  # a path the user gave that cannot be read or written
+            print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+            return 2
+        print(f"error: {type(error).__name__}: {error} (this looks like a bug in almostlinear; "
+              "run again with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
     finally:
         if threads_before is not None:
             sys.modules["torch"].set_num_threads(threads_before)
