@@ -79,7 +79,7 @@ def tensor_info(file: Path, name: str, entry, data_start: int, file_size: int, l
         shape = tuple(shape)
     except (TypeError, KeyError, ValueError) as error:
         raise AlmostLinearError(f"{label}: tensor {name!r} has a malformed header entry: {entry!r:.200}") from error
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise AlmostLinearError(f"{label}: tensor {name!r} has unsupported dtype {dtype!r}")
     ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (*shape, begin, end))
     if not ints or end < begin or data_start + end > file_size:
