@@ -130,7 +130,7 @@ def fit(rows: list[dict], features, target: str):
 AUDIT_RSS = (("L·d²", lambda d, m, L: L * d * d), ("d²", lambda d, m, L: d * d))
 AUDIT_TIME = (("1", lambda d, m, L: 1.0), ("L·d²", lambda d, m, L: L * d * d), ("L·d³", lambda d, m, L: L * d ** 3))
 KEYS_RSS = (("1", lambda d, m, L: 1.0), ("d_mlp²", lambda d, m, L: m * m))
-KEYS_TIME = (("1", lambda d, m, L: 1.0), ("d_mlp²", lambda d, m, L: m * m), ("d_mlp³", lambda d, m, L: m ** 3))
+KEYS_TIME = (("1", lambda d, m, L: 1.0), ("d_mlp²", lambda d, m, L: m * m))  # fixed tokens: n·d_mlp² products
 
 
 STATE_BYTES = 72 + 48 + 96  # float64 bytes per L·d² of the three sections' moment state

@@ -202,3 +202,48 @@ def test_verify_counts_a_removed_checksum_and_never_reads_outside(saved_models, 
     index_path.write_text(json_module.dumps(index))
     result = verify(out)
     assert result[removed] is False and result["../outside.safetensors"] is False
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_leftovers_of_killed_merges_are_cleaned_and_an_interrupted_overwrite_is_undone(saved_models, tmp_path):
+    import os
+
+    from almostlinear.merging.writer import OWNER_FILE
+
+    out = tmp_path / "out"
+    # a merge killed while writing: its partial folder, owned by a process that is gone
+    stale = tmp_path / ".out.partial-abc"
+    stale.mkdir()
+    (stale / OWNER_FILE).write_text(str(_dead_pid()))
+    (stale / "model.safetensors").write_bytes(b"half")
+    # a running merge's partial folder (this process owns it): left alone
+    live = tmp_path / ".out.partial-live"
+    live.mkdir()
+    (live / OWNER_FILE).write_text(str(os.getpid()))
+    # an --overwrite killed between its two renames: the previous output sits in an .old- folder
+    old = tmp_path / ".out.old-xyz"
+    (old / "previous").mkdir(parents=True)
+    (old / "previous" / "keep.txt").write_text("previous output")
+    with pytest.raises(AlmostLinearError, match="already exists"):
+        merge_files(_linear(saved_models["ft0"], saved_models["ft1"]), out)  # the old output came back first
+    assert (out / "keep.txt").read_text() == "previous output"
+    assert not stale.exists() and not old.exists() and live.exists()
+
+
+def test_the_output_folder_follows_the_umask(saved_models, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "out"
+    merge_files(_linear(saved_models["ft0"], saved_models["ft1"]), out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert not (out / ".writer-pid").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .. import clitools
 from ..core.errors import AlmostLinearError
@@ -28,25 +27,21 @@ def combine_command(args: argparse.Namespace) -> int:
     from .combine import combine_exact, combine_svd, linear_factor_mix, relative_error
     from .lora import read_peft, write_peft
 
-    try:
-        adapters = [_read(read_peft, folder) for folder in args.adapters]
-        weights = args.weights or [1.0] * len(adapters)
-        if len(weights) != len(adapters):
-            raise AlmostLinearError(f"{len(weights)} weights for {len(adapters)} adapters")
-        if args.rank is None:
-            combined = combine_exact(adapters, weights)
-            note = f"exact (rank {max(combined.ranks.values())}, relative error " \
-                   f"{relative_error(combined, adapters, weights)['total']:.2e})"
-        else:
-            result = combine_svd(adapters, weights, rank=args.rank)
-            combined = result.adapter
-            worst = max(result.errors, key=result.errors.get)
-            note = (f"rank {args.rank} by SVD: relative error {result.total_error:.4f} over all modules, "
-                    f"worst {result.errors[worst]:.4f} at {worst}")
-        write_peft(combined, args.out)
-    except (AlmostLinearError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    weights = args.weights or [1.0] * len(args.adapters)
+    if len(weights) != len(args.adapters):
+        raise AlmostLinearError(f"{len(weights)} weights for {len(args.adapters)} adapters")
+    adapters = [_read(read_peft, folder) for folder in args.adapters]
+    if args.rank is None:
+        combined = combine_exact(adapters, weights)
+        note = f"exact (rank {max(combined.ranks.values())}, relative error " \
+               f"{relative_error(combined, adapters, weights)['total']:.2e})"
+    else:
+        result = combine_svd(adapters, weights, rank=args.rank)
+        combined = result.adapter
+        worst = max(result.errors, key=result.errors.get)
+        note = (f"rank {args.rank} by SVD: relative error {result.total_error:.4f} over all modules, "
+                f"worst {result.errors[worst]:.4f} at {worst}")
+    write_peft(combined, args.out)  # errors reach the command line's one handler: one line, exit 2
     print(f"wrote {args.out}: sum of {len(adapters)} adapters with weights {weights}, {note}")
     ranks = {a.modules[next(iter(a.modules))].rank for a in adapters}
     if len(ranks) == 1:

@@ -80,6 +80,8 @@ class AtomicShardedWriter:
                  shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False,
                  metadata: Mapping[str, str] | None = None, extra_files: Mapping[str, bytes] | None = None) -> None:
         self.out = Path(out)
+        if self.out.parent.is_dir():
+            recover_stale(self.out)  # first: an interrupted overwrite puts the previous output back
         if self.out.exists() and not overwrite:
             raise AlmostLinearError(f"{self.out} already exists; choose another folder or pass overwrite")
         if not layout:
@@ -98,6 +100,7 @@ class AtomicShardedWriter:
         self._shard_of = [i for i, shard in enumerate(self.shards) for _ in shard]
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        _claim(self.tmp)
         self._position = 0
         self._shard = -1
         self._handle = None
@@ -186,13 +189,18 @@ class AtomicShardedWriter:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp made it private; the output follows the umask
         _fsync_dir(self.tmp)
         old = None
         if self.out.exists():
             if not self.overwrite:
                 raise AlmostLinearError(f"{self.out} appeared while merging; the result is left in {self.tmp}")
             old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+            _claim(old)
             os.rename(self.out, old / "previous")
+        (self.tmp / OWNER_FILE).unlink()
         os.rename(self.tmp, self.out)
         _fsync_dir(self.out.parent)
         if old is not None:
@@ -218,6 +226,48 @@ class AtomicShardedWriter:
         except BaseException:
             self.abort()
             raise
+
+
+OWNER_FILE = ".writer-pid"  # in a temporary folder while its merge runs: which process owns it
+
+
+def _claim(folder: Path) -> None:
+    (folder / OWNER_FILE).write_text(str(os.getpid()))
+
+
+def _owner_alive(folder: Path) -> bool:
+    try:
+        pid = int((folder / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_stale(out: str | os.PathLike) -> list[Path]:
+    """Clean what killed merges into ``out`` left beside it; returns what was removed or put back.
+
+    A ``.partial-`` folder whose process is gone is deleted. An ``.old-`` folder holds the previous
+    output of an ``--overwrite`` that was killed between its two renames: when ``out`` is missing it
+    is put back, so an interrupted overwrite never loses both versions. Folders of running merges
+    are left alone.
+    """
+    out = Path(out)
+    touched = []
+    for folder in sorted(out.parent.glob(f".{out.name}.partial-*")) + sorted(out.parent.glob(f".{out.name}.old-*")):
+        if not folder.is_dir() or _owner_alive(folder):
+            continue
+        previous = folder / "previous"
+        if previous.is_dir() and not out.exists():
+            os.rename(previous, out)
+        shutil.rmtree(folder, ignore_errors=True)
+        touched.append(folder)
+    return touched
 
 
 def verify(folder: str | os.PathLike) -> dict[str, bool]:
