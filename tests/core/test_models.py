@@ -149,3 +149,19 @@ def test_a_conversion_finished_first_by_another_process_is_kept(tmp_path):
     (other / "more").write_text("x")
     with pytest.raises(OSError):
         publish_folder(other, broken)  # a target without a finished config is not taken for a good copy
+
+
+def test_a_damaged_cache_folder_is_noticed(tmp_path):
+    from almostlinear.core.models import manifest_holds, write_manifest
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"x" * 100)
+    assert not manifest_holds(folder)  # no manifest: written by an older version, or half copied
+    write_manifest(folder)
+    assert manifest_holds(folder)
+    (folder / "model.safetensors").write_bytes(b"x" * 60)  # truncated
+    assert not manifest_holds(folder)
+    (folder / "model.safetensors").unlink()
+    assert not manifest_holds(folder)

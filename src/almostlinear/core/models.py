@@ -93,6 +93,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     try:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)
         publish_folder(tmp, target)
     finally:
         if tmp.exists():
@@ -119,11 +120,34 @@ def _embedded_folder(entry: EmbeddedModel, progress=None) -> Path:
     if source.is_dir():
         return source
     target = gguf_cache_folder(entry, source)
+    if target.exists() and not manifest_holds(target):
+        # truncated, edited or written by an older version: rebuilt rather than failing every load
+        if progress is not None:
+            progress(f"the converted cache {target} is incomplete or damaged; converting again")
+        shutil.rmtree(target, ignore_errors=True)
     if not (target / "config.json").is_file():
         if progress is not None:
             progress(f"converting {source.name} to float32 safetensors (once) in {target}")
         _convert_gguf(source, target)
     return target
+
+
+MANIFEST = "almostlinear-cache.json"
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file's size in ``folder``, so a damaged cache is noticed before it is loaded."""
+    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps(sizes, indent=1))
+
+
+def manifest_holds(folder: Path) -> bool:
+    """True when ``folder`` has its manifest and every file it lists, at the recorded size."""
+    try:
+        sizes = json.loads((folder / MANIFEST).read_text())
+        return bool(sizes) and all((folder / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
 
 
 def _is_causal_lm(config) -> bool:

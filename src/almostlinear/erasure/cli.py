@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import clitools
 from ..core.digest import data_hash
-from ..core.errors import EmptyDataError, LayerError, check_choice
+from ..core.errors import AlmostLinearError, EmptyDataError, LayerError, check_choice
 
 DATASETS = ("cities", "capitals")
 NEUTRAL_TEXTS = 48  # the same call as the audit and the lenses, so the cached texts are shared
@@ -32,6 +32,10 @@ def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:
             texts, labels = _labelled_lines(path, handle)
     except UnicodeDecodeError:
         raise EmptyDataError(f"{path} is not UTF-8 text") from None
+    except AlmostLinearError:
+        raise
+    except ValueError as error:  # a path no file can have, such as one with a NUL byte
+        raise EmptyDataError(f"cannot open {path!r}: {error}") from None
     if not texts:
         raise EmptyDataError(f"{path} holds no labelled texts")
     return texts, labels
