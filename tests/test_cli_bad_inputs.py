@@ -91,6 +91,7 @@ BAD = {
         ["erase", "--data", "{binary}"],
         ["erase", "--data", "{empty}"],
         ["erase", "--data", "{one_class}"],
+        ["erase", "--data", "x\x00y"],
         ["erase", "--neutral-file", "{missing}"],
         ["erase", "--neutral-file", "{binary}"],
         ["erase", "--max-length", "0"],
@@ -200,6 +201,7 @@ BAD = {
         ["latent", "--out", "{new_png}", "--from", "3", "--to", "3"],
         ["latent", "--out", "{under_file}"],
         ["latent", "--out", "{new_png}", "--direction-out", "{folder}"],
+        ["latent", "--out", "nul\x00.png"],
     ],
     "translate": [
         ["translate", "--texts", "{missing}", "--source", "{no_model}"],
@@ -219,6 +221,7 @@ BAD = {
         ["lens", "--prompt", "hi", "--out", "{folder}"],
         ["lens", "--prompt", "hi", "--threads", "-3"],
         ["lens", "--prompt", "hi", "--kind", "bogus"],
+        ["lens", "--prompt", "hi", "--out", "x\x00y.png"],
         ["lens"],
     ],
     "probe": [

@@ -147,9 +147,18 @@ def nonempty_text(text: str) -> str:
     return text
 
 
+def _path(text: str) -> Path:
+    """The path a user typed; a NUL byte, which no file name can hold, is refused here and not mid-work."""
+    if "\0" in str(text):
+        raise argparse.ArgumentTypeError(f"a path cannot contain a NUL byte: {text!r}")
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("a path must not be empty")
+    return Path(text)
+
+
 def input_file(text: str) -> str:
     """A file that exists and can be read."""
-    path = Path(text)
+    path = _path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     if not path.is_file():
@@ -161,7 +170,7 @@ def input_file(text: str) -> str:
 
 def input_folder(text: str) -> str:
     """A folder that exists and can be read."""
-    path = Path(text)
+    path = _path(text)
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"no such folder: {text}")
     if not os.access(path, os.R_OK | os.X_OK):
@@ -171,7 +180,7 @@ def input_folder(text: str) -> str:
 
 def input_path(text: str) -> str:
     """A file or a folder that exists and can be read (a checkpoint: one file or a folder of shards)."""
-    return input_folder(text) if Path(text).is_dir() else input_file(text)
+    return input_folder(text) if _path(text).is_dir() else input_file(text)
 
 
 def text_file(text: str) -> str:
@@ -205,9 +214,7 @@ def output_file(text: str) -> str:
     """A file to write: not a folder, and its folder exists or can be created and is writable.
 
     Nothing is created here; the command creates missing folders when it writes."""
-    if not str(text).strip():
-        raise argparse.ArgumentTypeError("an output path must not be empty")
-    path = Path(text).expanduser()
+    path = _path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
     if path.exists() and not os.access(path, os.W_OK):
@@ -218,9 +225,7 @@ def output_file(text: str) -> str:
 
 def output_folder(text: str) -> str:
     """A folder to write: not an existing file, and creatable where it does not exist yet."""
-    if not str(text).strip():
-        raise argparse.ArgumentTypeError("an output path must not be empty")
-    path = Path(text).expanduser()
+    path = _path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
     if path.is_dir():

@@ -247,3 +247,13 @@ def test_the_output_folder_follows_the_umask(saved_models, tmp_path):
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
     assert not (out / ".writer-pid").exists()
+
+
+@pytest.mark.parametrize("weight", ["abc", float("nan"), [1.0, "x"], [{"filter": "mlp", "value": "high"}]])
+def test_a_parameter_value_that_is_not_a_number_is_refused_by_the_plan(saved_models, tmp_path, weight):
+    recipe = parse_recipe({"merge_method": "linear", "models": [
+        {"model": str(saved_models["ft0"]), "parameters": {"weight": weight}},
+        {"model": str(saved_models["ft1"]), "parameters": {"weight": 1.0}}]})
+    with pytest.raises(AlmostLinearError, match="weight"):
+        plan_merge(recipe)
+    assert list(tmp_path.iterdir()) == []

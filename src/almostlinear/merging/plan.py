@@ -8,13 +8,15 @@ the models involved. The result lists, per output tensor, its sources, shape, dt
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
 import torch
 
 from ..core.errors import AlmostLinearError, ShapeError
-from .recipe import Recipe
+from .recipe import Recipe, layer_position, tensor_options
+from .registry import lookup
 from .stream import Checkpoint
 from .writer import OutputTensor
 
@@ -162,4 +164,24 @@ def plan_merge(recipe: Recipe, *, check_overflow: bool = True) -> MergePlan:
     if not n_layers:
         layers = {int(m) for n in names for m in re.findall(r"\.(\d+)\.", n)[:1]}
         n_layers = max(layers) + 1 if layers else 1
+    _check_values(recipe, [t.name for t in tensors], n_layers)
     return MergePlan(recipe, base, models, tensors, n_layers, warnings)
+
+
+def _check_values(recipe: Recipe, names: list[str], n_layers: int) -> None:
+    """Every parameter value every tensor will get, resolved now: a value that is not a finite number
+    where the method needs one (``weight: abc``) is refused here, not half way through the merge."""
+    numeric = {option for option, p in lookup(recipe.method).params.items()
+               if isinstance(p.default, (int, float)) and not isinstance(p.default, bool) or option == "weight"}
+    for name in names:
+        try:
+            weights, options = tensor_options(recipe, name, layer_position(name, n_layers))
+        except (TypeError, ValueError) as error:
+            raise PlanError(f"tensor {name!r}: a parameter value cannot be read: {error}") from error
+        values = {"weight": weights, **{k: v for k, v in options.items() if k in numeric}}
+        for key, value in values.items():
+            for item in value if isinstance(value, list) else [value]:
+                if item is None:
+                    continue
+                if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+                    raise PlanError(f"tensor {name!r}: parameter {key!r} is {item!r}; it must be a finite number")

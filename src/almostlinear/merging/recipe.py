@@ -119,6 +119,28 @@ def evaluate(setting: Any, tensor: str, position: float, key: str) -> Any:
     raise RecipeError(f"parameter {key!r} has a value this reader does not understand: {setting!r}")
 
 
+def tensor_options(recipe: Recipe, name: str, position: float) -> tuple[list[float], dict[str, Any]]:
+    """Weights (one per model) and the method's options for one tensor, in the dispatcher's terms:
+    each parameter of the method's record, read under its recipe key and converted by its record."""
+    n = len(recipe.models)
+    weights = [1.0] * n
+    options: dict[str, Any] = {}
+    for option, p in lookup(recipe.method).params.items():
+        if p.ignored:
+            continue
+        key = p.recipe_key or option
+        convert = p.from_recipe or (lambda value: value)
+        if p.per_model:
+            value = [convert(recipe.value(key, name, position, i)) for i in range(n)]
+        else:
+            value = convert(recipe.value(key, name, position))
+        if option == "weight":
+            weights = value
+        else:
+            options[option] = value
+    return weights, options
+
+
 def layer_position(name: str, n_layers: int) -> float:
     """Where a tensor sits for gradient parameters: i/(L−1) in layer i, 0 outside the layers."""
     m = _LAYER.search(name)

@@ -16,7 +16,7 @@ import torch
 from ..core.errors import AlmostLinearError
 from .dispatch import merge_into
 from .plan import DTYPES, MergePlan, plan_merge
-from .recipe import Recipe, layer_position, parse_recipe
+from .recipe import Recipe, layer_position, parse_recipe, tensor_options
 from .registry import lookup
 from .signals import MergeSignals
 from .writer import DEFAULT_SHARD_BYTES, AtomicShardedWriter, OutputTensor
@@ -33,28 +33,6 @@ class MergeResult:
     plan: MergePlan
     signals: dict
     seconds: float
-
-
-def tensor_options(recipe: Recipe, name: str, position: float) -> tuple[list[float], dict[str, Any]]:
-    """Weights (one per model) and the method's options for one tensor, in the dispatcher's terms:
-    each parameter of the method's record, read under its recipe key and converted by its record."""
-    n = len(recipe.models)
-    weights = [1.0] * n
-    options: dict[str, Any] = {}
-    for option, p in lookup(recipe.method).params.items():
-        if p.ignored:
-            continue
-        key = p.recipe_key or option
-        convert = p.from_recipe or (lambda value: value)
-        if p.per_model:
-            value = [convert(recipe.value(key, name, position, i)) for i in range(n)]
-        else:
-            value = convert(recipe.value(key, name, position))
-        if option == "weight":
-            weights = value
-        else:
-            options[option] = value
-    return weights, options
 
 
 def _extra_files(plan: MergePlan, report: dict) -> dict[str, bytes]:
