@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -32,7 +33,8 @@ WORK = [  # (module, attribute): the first step of real work in each command
     ("almostlinear.connectivity.digits", "rebasin"),
     ("almostlinear.merging.plan", "plan_merge"),
     ("almostlinear.merging.stream", "Checkpoint"),
-    ("almostlinear.adapters.lora", "read_peft"),
+    ("almostlinear.adapters.combine", "combine_exact"),
+    ("almostlinear.adapters.combine", "combine_svd"),
 ]
 # reading a saved artifact checks the file the user named, so bad inputs may reach it; good ones stop there
 ARTIFACTS = [("almostlinear.steering.cli", "load_artifact"), ("almostlinear.editing.cli", "load_artifact"),
@@ -175,6 +177,10 @@ BAD = {
         LORA + ["--rank", "-1"],
         ["lora-combine", "{adapter_a}", "{adapter_b}", "--out", "{under_file}"],
         ["lora-combine", "{adapter_a}", "{adapter_b}", "--out", "{afile}"],
+        ["lora-combine", "{adapter_a}", "{folder}", "--out", "{new_dir}"],
+        ["lora-combine", "{adapter_a}", "--weights", "1", "2", "--out", "{new_dir}"],
+        *(["lora-combine", "{adapter_a}", f"{{adapter_{bad}}}", "--out", "{new_dir}"]
+          for bad in ("not_json", "a_list", "alpha_text", "bad_regex", "rank_0")),
     ],
     "interpolate": [
         ["interpolate", "{no_model}", "--texts", "0"],
@@ -258,8 +264,20 @@ GOOD = {
 }
 
 
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory) -> dict[str, Path]:
+    """Two good PEFT LoRA folders and hostile ones (written once: they are only read)."""
+    root = tmp_path_factory.mktemp("adapters")
+    lora = {"peft_type": "LORA", "r": 2, "lora_alpha": 4}
+    configs = {"a": lora, "b": lora, "not_json": "{nope", "a_list": [1, 2],
+               "alpha_text": dict(lora, lora_alpha="eight"), "bad_regex": dict(lora, alpha_pattern={"(": 3}),
+               "rank_0": lora}
+    return {f"adapter_{name}": _adapter(root / name, config, rank=0 if name == "rank_0" else 2)
+            for name, config in configs.items()}
+
+
 @pytest.fixture
-def paths(tmp_path, monkeypatch):
+def paths(tmp_path, monkeypatch, adapters):
     """Input files of every kind, and output paths; the working folder is ``tmp_path``."""
     monkeypatch.chdir(tmp_path)
     _stop_at(WORK, monkeypatch)
@@ -279,9 +297,10 @@ def paths(tmp_path, monkeypatch):
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
         p[name.split(".")[0]] = tmp_path / name
-    for name in ("folder", "model_a", "model_b", "adapter_a", "adapter_b"):
+    for name in ("folder", "model_a", "model_b"):
         (tmp_path / name).mkdir()
         p[name] = tmp_path / name
+    p.update(adapters)
     (tmp_path / "recipe.yaml").write_text(f"merge_method: linear\nmodels:\n  - model: {p['model_a']}\n"
                                           f"    parameters: {{weight: 1.0}}\n  - model: {p['model_b']}\n"
                                           "    parameters: {weight: 1.0}\n")
@@ -291,6 +310,19 @@ def paths(tmp_path, monkeypatch):
              new_file=tmp_path / "new" / "out.safetensors", new_dir=tmp_path / "new-dir",
              new_png=tmp_path / "new" / "grid.png", no_model=tmp_path / "no-model")
     return {k: str(v) for k, v in p.items()}
+
+
+def _adapter(folder: Path, config, rank: int) -> Path:
+    """A PEFT LoRA folder with one module; ``config`` is written as it is when it is a string."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    prefix = "base_model.model.layers.0.self_attn.q_proj"
+    save_file({f"{prefix}.lora_A.weight": torch.ones(rank, 4), f"{prefix}.lora_B.weight": torch.ones(4, rank)},
+              str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    return folder
 
 
 def _stop_at(steps, monkeypatch) -> None:
