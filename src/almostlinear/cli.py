@@ -7,13 +7,14 @@ import json
 import os
 import sys
 
-from .clitools import progress_bar, say, set_threads
+from .clitools import (device, output_folder, positive_int, progress_bar, say, set_threads, text_file,
+                       word_list)
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import run_audit
 
     set_threads(args.threads)
-    sections = args.sections.split(",") if args.sections else None
+    sections = args.sections or None
     texts = None
     if args.texts:
         from .core.errors import EmptyDataError
@@ -92,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="measure how linear a model is, beside the literature's values")
     audit.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, local folder, or hub id")
-    audit.add_argument("--out", default="audit-out", help="folder for report.json and report.html")
+    audit.add_argument("--out", default="audit-out", type=output_folder, help="folder for report.json and report.html")
     audit.add_argument("--quick", action="store_true", help="a small token budget: minutes on 2 CPU cores")
-    audit.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    audit.add_argument("--sections", default=None, help="comma-separated subset of section ids")
+    audit.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:1, ...")
+    audit.add_argument("--sections", default=None, type=word_list, help="comma-separated subset of section ids")
     audit.add_argument("--seed", type=int, default=0)
-    audit.add_argument("--texts", default=None,
+    audit.add_argument("--texts", default=None, type=text_file,
                        help="a UTF-8 file, one text per line, to use instead of model-generated neutral text")
-    audit.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    audit.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     audit.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="the weights' dtype")
     audit.add_argument("--device-map", default=None,

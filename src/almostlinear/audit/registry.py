@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..core.errors import check_choice
+from ..core.errors import ChoiceError
 from ..core.section import Section
 from ..families import section_paths
 
@@ -23,5 +23,6 @@ def section_ids() -> list[str]:
 def make_sections(only: list[str] | None = None) -> list[Section]:
     known = section_ids()
     for section in only or ():
-        check_choice(section, known, "audit section")
+        if section not in known:  # the ids without quotes, so the message stays one short line
+            raise ChoiceError(f"unknown audit section {section!r}; the sections are {', '.join(known)}")
     return [cls() for cls in SECTIONS if not only or cls.id in only]

@@ -26,20 +26,17 @@ def cache_dir(*parts: str) -> Path:
 
 
 def check_writable_folder(folder: str | os.PathLike) -> Path:
-    """``folder`` (created if missing) when files can be written in it; a library error otherwise.
-
-    Commands that write results at the end check their output folder this way before any work, so
-    an unwritable folder is a message at the start rather than lost results at the end.
-    """
-    import tempfile
-
+    """``folder`` when it is, or could be created as, a folder this process can write in; a library
+    error otherwise. Nothing is created: commands that write results at the end check their output
+    this way before any work, so a bad folder is a message at the start rather than lost results."""
     from .errors import AlmostLinearError
 
     path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        raise AlmostLinearError(f"cannot write in {path}: {error.strerror or error}; choose another --out") from error
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise AlmostLinearError(f"cannot write in {path}: {existing} is a file, not a folder; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AlmostLinearError(f"cannot write in {path}: {existing} is not writable; choose another --out")
     return path
