@@ -286,3 +286,13 @@ def test_malformed_headers_are_artifact_errors(tmp_path, header):
     save_file({"vector": torch.zeros(3)}, str(path), metadata={"almostlinear": text})
     with pytest.raises(ArtifactError):
         artifact_module.load(path)
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    path = _example().save(tmp_path / "a.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

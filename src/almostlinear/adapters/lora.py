@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..core.paths import follow_umask
 from ..core.errors import AlmostLinearError, ArtifactError, NonFiniteError, ShapeError
 from ..core.lever import Baked, as_model, bake_weights, check_strength, temporarily_changed
 
@@ -230,6 +231,7 @@ def write_peft(adapter: LoraAdapter, folder: str | os.PathLike, *, dtype: torch.
         save_file(tensors, temps[WEIGHTS_NAME], metadata={"format": "pt"})
         Path(temps[CONFIG_NAME]).write_text(json.dumps(config, indent=2))
         for name, tmp in temps.items():
+            follow_umask(tmp)
             os.replace(tmp, folder / name)
     finally:
         for tmp in temps.values():

@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import ArtifactError
+from .paths import follow_umask
 from .units import UNITS
 
 # Version 2: kinds named ``family.name``; provenance holds one ``where`` record instead of
@@ -201,6 +202,7 @@ def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header
     os.close(fd)
     try:
         save_file(stored, tmp, metadata={HEADER_KEY: encoded})
+        follow_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

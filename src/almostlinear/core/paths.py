@@ -40,3 +40,11 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise AlmostLinearError(f"cannot write in {path}: {existing} is not writable; choose another --out")
     return path
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (always private, 0600) the permissions the user's umask
+    gives any other new file, before it is renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

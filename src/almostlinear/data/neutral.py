@@ -160,10 +160,13 @@ def _read(path: Path, n: int) -> list[str] | None:
 
 
 def _write_atomic(path: Path, payload: dict) -> None:
+    from ..core.paths import follow_umask
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, ensure_ascii=False, indent=1)
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
