@@ -139,3 +139,12 @@ def test_streaming_stops_at_the_token_budget_and_shows_progress(capsys):
                     max_tokens=100, text_batch_size=4, progress=True)
     assert sae.tokens == 100
     assert "training an SAE" in capsys.readouterr().err
+
+
+def test_train_sae_trains_where_the_model_takes_its_inputs_unless_told():
+    model, tok = build_model("llama"), make_tokenizer()
+    texts = _texts(8)
+    default = train_sae(model, tok, texts, "mlp_out.0", 32, k=4, batch_size=32, buffer_tokens=64)
+    explicit = train_sae(model, tok, texts, "mlp_out.0", 32, k=4, batch_size=32, buffer_tokens=64, device="cpu")
+    assert default.W_enc.device.type == "cpu"
+    assert torch.equal(default.W_enc, explicit.W_enc) and torch.equal(default.W_dec, explicit.W_dec)

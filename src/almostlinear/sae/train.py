@@ -245,11 +245,14 @@ def train_sae(model, tokenizer, texts: Sequence[str], site, width: int, *, activ
               l1: float = 5.0, max_tokens: int | None = None, lr: float | None = None, batch_size: int = 512,
               buffer_tokens: int = 8192, dead_tokens: int = 100_000, seed: int = 0, text_batch_size: int = 8,
               max_length: int = 128, structure=None, model_fingerprint: str | None = None,
-              data_hash: str | None = None, progress: bool = False,
+              data_hash: str | None = None, progress: bool = False, device: str | torch.device | None = None,
               on_step: Callable[[SAETrainer], None] | None = None) -> SparseAutoencoder:
     """Stream activations at ``site`` over ``texts`` (first token of each text skipped: it is an
-    attention sink with an outlying norm) and train an SAE on them in one pass."""
-    from ..core.collect import stream
+    attention sink with an outlying norm) and train an SAE on them in one pass.
+
+    The SAE trains on ``device`` (default: where the model takes its inputs, so a model on a GPU
+    trains its SAE there without a round trip of every batch through the CPU)."""
+    from ..core.collect import model_device, stream
     from ..core.locate import locate
     from ..core.sites import as_sites
 
@@ -257,7 +260,8 @@ def train_sae(model, tokenizer, texts: Sequence[str], site, width: int, *, activ
     (chosen,) = as_sites(structure, site)
     d = chosen.width(structure)
     trainer = SAETrainer(d, width, activation=activation, k=k, l1=l1, lr=lr, batch_size=batch_size,
-                         buffer_tokens=buffer_tokens, dead_tokens=dead_tokens, seed=seed)
+                         buffer_tokens=buffer_tokens, dead_tokens=dead_tokens, seed=seed,
+                         device=model_device(model) if device is None else device)
     bar = _bar(len(texts), f"training an SAE at {chosen}", progress)
     for batch in stream(model, tokenizer, texts, chosen, batch_size=text_batch_size, max_length=max_length,
                         skip_first=True, structure=structure, progress=bar.update if bar else None):
