@@ -178,14 +178,6 @@ def _relative(gap_sq: float, sum_sq: float, joint_sq: float, dot: float) -> tupl
     return gap, cosine
 
 
-def _log_probs(module: torch.nn.Module, inputs: dict, valid: torch.Tensor) -> torch.Tensor:
-    logits = module(**inputs, use_cache=False).logits
-    chosen = logits[:, :-1][valid].float()
-    if not torch.isfinite(chosen).all():
-        raise NonFiniteError("the model produced NaN or infinite logits")
-    return torch.log_softmax(chosen, dim=-1)
-
-
 def interference(levers, model, tokenizer, texts: Sequence[str], *, strengths=None,
                  behaviour: Behaviour | None = None, prompts: Sequence[str] | None = None, max_length: int = 64,
                  batch_size: int = 8) -> InterferenceReport:
@@ -196,8 +188,7 @@ def interference(levers, model, tokenizer, texts: Sequence[str], *, strengths=No
     list or a mapping by label. ``behaviour(module, tokenizer, prompts)`` returns one score per
     prompt; its mean change is compared with the sum of the single changes.
     """
-    from ..core.collect import model_device, tokenize
-    from ..steering.cost import token_kl
+    from ..steering.cost import log_probs, scored_batches, token_kl
 
     stack = labelled(levers, "lever")
     if len(stack) < 2:
@@ -223,25 +214,21 @@ def interference(levers, model, tokenizer, texts: Sequence[str], *, strengths=No
 
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
     sums = _Sums(n, pair={pair: [0.0, 0.0, 0.0, 0.0] for pair in pairs})
-    device = model_device(module)
     was_training = module.training
     module.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                inputs = tokenize(tokenizer, texts[start:start + batch_size], max_length=max_length, device=device)
-                mask = inputs["attention_mask"].bool()
-                valid = mask[:, :-1] & mask[:, 1:]
-                valid[:, 0] = False
+            for inputs, valid in scored_batches(module, tokenizer, texts, batch_size=batch_size,
+                                                max_length=max_length):
                 if not valid.any():
                     continue
-                base = _log_probs(module, inputs, valid)
+                base = log_probs(module, inputs, valid)
                 alone = []
                 for i in range(n):
                     with applied([i]):
-                        alone.append(_log_probs(module, inputs, valid))
+                        alone.append(log_probs(module, inputs, valid))
                 with applied(range(n)):
-                    joint = _log_probs(module, inputs, valid)
+                    joint = log_probs(module, inputs, valid)
                 deltas = [log_q - base for log_q in alone]
                 delta_joint, predicted = joint - base, torch.stack(deltas).sum(0)
                 sums.tokens += int(valid.sum())
@@ -259,7 +246,7 @@ def interference(levers, model, tokenizer, texts: Sequence[str], *, strengths=No
                         together = delta_joint
                     else:
                         with applied([i, j]):
-                            together = _log_probs(module, inputs, valid) - base
+                            together = log_probs(module, inputs, valid) - base
                     both = deltas[i] + deltas[j]
                     acc = sums.pair[(i, j)]
                     acc[0] += _sq(together - both)

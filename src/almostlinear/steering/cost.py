@@ -55,7 +55,23 @@ def next_token_nll(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -log_p.gather(1, targets[:, None])[:, 0]
 
 
-def _log_probs(model: nn.Module, inputs: dict, valid: torch.Tensor) -> torch.Tensor:
+def scored_batches(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int, max_length: int,
+                   skip_first: bool = True):
+    """``(inputs, valid)`` per batch of ``texts``: the tokenised batch on the model's input device and the
+    positions whose next token is scored (both it and the next are real tokens; with ``skip_first``,
+    never a text's first token, an attention sink with outlying logits)."""
+    device = model_device(model)
+    for start in range(0, len(texts), batch_size):
+        inputs = tokenize(tokenizer, texts[start:start + batch_size], max_length=max_length, device=device)
+        mask = inputs["attention_mask"].bool()
+        valid = mask[:, :-1] & mask[:, 1:]
+        if skip_first:
+            valid[:, 0] = False
+        yield inputs, valid
+
+
+def log_probs(model: nn.Module, inputs: dict, valid: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities (float32) at the ``valid`` positions of ``inputs``."""
     logits = model(**inputs, use_cache=False).logits
     chosen = logits[:, :-1][valid].float()
     if not torch.isfinite(chosen).all():
@@ -102,7 +118,6 @@ def side_effects_many(model, tokenizer, texts: Sequence[str], interventions: dic
         raise ShapeError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size} and {max_length}")
     if not interventions:
         raise EmptyDataError("no interventions given: pass at least one (None measures the model as it is)")
-    device = model_device(model)
     sums = {name: _Sums() for name in interventions}
     ce_base, count = 0.0, 0
     bar = None
@@ -114,15 +129,12 @@ def side_effects_many(model, tokenizer, texts: Sequence[str], interventions: dic
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                inputs = tokenize(tokenizer, texts[start:start + batch_size], max_length=max_length, device=device)
-                ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
-                valid = mask[:, :-1] & mask[:, 1:]
-                if skip_first:
-                    valid[:, 0] = False
+            for inputs, valid in scored_batches(model, tokenizer, texts, batch_size=batch_size,
+                                                max_length=max_length, skip_first=skip_first):
+                ids = inputs["input_ids"]
                 if valid.any():
                     targets = ids[:, 1:][valid]
-                    log_p = _log_probs(model, inputs, valid)
+                    log_p = log_probs(model, inputs, valid)
                     base_nll = next_token_nll(log_p, targets)
                     ce_base += float(base_nll.double().sum())
                     count += int(targets.numel())
@@ -134,7 +146,7 @@ def side_effects_many(model, tokenizer, texts: Sequence[str], interventions: dic
                             acc.agree += int(targets.numel())
                             continue
                         with intervention():
-                            log_q = _log_probs(model, inputs, valid)
+                            log_q = log_probs(model, inputs, valid)
                         kl = token_kl(log_p, log_q).clamp_min(0.0)  # rounding can give tiny negatives
                         acc.kl += float(kl.double().sum())
                         acc.kl_max = max(acc.kl_max, float(kl.max()))
