@@ -24,6 +24,17 @@ def folder(tmp_path):
     return path, model
 
 
+def _assert_same_as_in_memory(loaded, model) -> None:
+    """Fingerprint, tying and every activation and logit of ``loaded`` equal those of ``model``."""
+    assert loaded.fingerprint == fingerprint(model)
+    assert loaded.structure.tied_embeddings == model.config.tie_word_embeddings
+    got = collect(loaded.model, loaded.tokenizer, TEXTS, SITES, logits=True)
+    expected = collect(model, make_tokenizer(), TEXTS, SITES, logits=True)
+    for site in SITES:
+        assert torch.equal(got[site], expected[site])
+    assert torch.equal(got.logits, expected.logits)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", torch.float16, "float32"])
 def test_dtype(folder, dtype):
     path, model = folder
@@ -59,13 +70,7 @@ def test_device_map_with_disk_offload(folder, tmp_path):
     assert loaded.model.model.layers[1].mlp.down_proj.weight.is_meta
     assert loaded.model.model.embed_tokens.weight.is_meta
     assert loaded.device_map == placement
-    assert loaded.fingerprint == fingerprint(model)
-    assert loaded.structure.tied_embeddings == model.config.tie_word_embeddings
-    got = collect(loaded.model, loaded.tokenizer, TEXTS, SITES, logits=True)
-    expected = collect(model, make_tokenizer(), TEXTS, SITES, logits=True)
-    for site in SITES:
-        assert torch.equal(got[site], expected[site])
-    assert torch.equal(got.logits, expected.logits)
+    _assert_same_as_in_memory(loaded, model)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])  # untied and tied embeddings
@@ -76,13 +81,7 @@ def test_everything_offloaded_by_a_memory_limit(family, tmp_path):
     make_tokenizer().save_pretrained(path)
     loaded = load(str(path), device_map="auto", max_memory={"cpu": "1KB"}, offload_folder=tmp_path / "offload")
     assert all(p.is_meta for p in loaded.model.parameters()) and loaded.device_map == {"": "disk"}
-    assert loaded.fingerprint == fingerprint(model)
-    assert loaded.structure.tied_embeddings == model.config.tie_word_embeddings
-    got = collect(loaded.model, loaded.tokenizer, TEXTS, SITES, logits=True)
-    expected = collect(model, make_tokenizer(), TEXTS, SITES, logits=True)
-    for site in SITES:
-        assert torch.equal(got[site], expected[site])
-    assert torch.equal(got.logits, expected.logits)
+    _assert_same_as_in_memory(loaded, model)
 
 
 def test_map_options_need_a_map(folder):
