@@ -11,6 +11,7 @@ import torch
 from almostlinear.calibrate import Footprint
 from almostlinear.core import hooks
 from almostlinear.core.artifact import Where
+from almostlinear.core.collect import tokenize
 from almostlinear.core.errors import LeverError
 from almostlinear.core.lever import as_model, check_strength, temporarily_changed
 from tiny_models import WORDS
@@ -89,3 +90,16 @@ def unit(d: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     vector = torch.randn(d, generator=generator)
     return vector / vector.norm()
+
+
+def next_token_logprob(token: int):
+    """Behaviour: log-probability of ``token`` after each prompt's last real token."""
+
+    def behaviour(module, tokenizer, prompts):
+        inputs = tokenize(tokenizer, prompts, max_length=32, device="cpu")
+        with torch.no_grad():
+            logits = module(**inputs).logits
+        last = inputs["attention_mask"].sum(1) - 1
+        return torch.log_softmax(logits[torch.arange(len(prompts)), last].double(), -1)[:, token]
+
+    return behaviour

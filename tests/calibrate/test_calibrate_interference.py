@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from calibrate_levers import AddLever, FixedLever, WeightLever, sentences, unit
+from calibrate_levers import AddLever, FixedLever, WeightLever, next_token_logprob, sentences, unit
 from scipy.linalg import subspace_angles
 from tiny_models import D_MODEL, build_model, make_tokenizer
 
@@ -30,17 +30,6 @@ def orthogonal_pair(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     u = unit(D_MODEL, seed + 1)
     u = u - (u @ v) * v
     return v, u / u.norm()
-
-
-def next_token_logprob(token: int):
-    def behaviour(module, tokenizer, prompts):
-        inputs = tokenize(tokenizer, prompts, max_length=32, device="cpu")
-        with torch.no_grad():
-            logits = module(**inputs).logits
-        last = inputs["attention_mask"].sum(1) - 1
-        return torch.log_softmax(logits[torch.arange(len(prompts)), last].double(), -1)[:, token]
-
-    return behaviour
 
 
 def test_orthogonal_levers_at_two_layers_gap_grows_with_strength(setup):

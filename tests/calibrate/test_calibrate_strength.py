@@ -8,11 +8,10 @@ import math
 
 import pytest
 import torch
-from calibrate_levers import AddLever, FixedLever, WeightLever, sentences, unit
+from calibrate_levers import AddLever, FixedLever, WeightLever, next_token_logprob, sentences, unit
 from tiny_models import D_MODEL, build_model, make_tokenizer
 
 from almostlinear.calibrate import StrengthChoice, choose_strength
-from almostlinear.core.collect import tokenize
 from almostlinear.core.errors import AlmostLinearError, EmptyDataError, LeverError, NonFiniteError
 from almostlinear.data.statements import split
 from almostlinear.steering.cost import side_effects
@@ -34,19 +33,6 @@ def kl_of(model, tokenizer, texts, lever, strength) -> float:
 def halves(items, seed=0):
     """The validation and held-out parts choose_strength uses (held_out=0.5)."""
     return split(list(items), 0.5, seed=seed, key=lambda t: t)
-
-
-def next_token_logprob(token: int):
-    """Behaviour: log-probability of ``token`` after each prompt's last real token."""
-
-    def behaviour(module, tokenizer, prompts):
-        inputs = tokenize(tokenizer, prompts, max_length=32, device="cpu")
-        with torch.no_grad():
-            logits = module(**inputs).logits
-        last = inputs["attention_mask"].sum(1) - 1
-        return torch.log_softmax(logits[torch.arange(len(prompts)), last].double(), -1)[:, token]
-
-    return behaviour
 
 
 def test_picks_the_largest_strength_within_budget(setup):
