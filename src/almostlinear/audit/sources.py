@@ -16,13 +16,6 @@ def build_source(ctx: AuditContext, source: str) -> list:
     return builders[source](ctx)
 
 
-def texts_for(ctx: AuditContext, source: str) -> list[str]:
-    """The texts of ``source``, built once per audit and kept in ``ctx.sources``."""
-    if ctx.source_builder is None:
-        ctx.source_builder = build_source
-    return ctx.texts(source)
-
-
 def _neutral(ctx: AuditContext) -> list[str]:
     if not ctx.causal:
         return list(data.FALLBACK_TEXTS)
