@@ -143,15 +143,15 @@ def base_fingerprint(model: Any) -> str:
     return as_model(model).fingerprint
 
 
-def mark_base(module: nn.Module) -> None:
-    """Note that one more lever is in place; the first one records the fingerprint."""
-    marked = getattr(module, BASE_ATTR, None)
+def mark_base(model: Any) -> None:
+    """Note that one more lever is in place; the first one records the fingerprint (a loaded model's
+    cached one, so applying a lever to it does not hash its weights again)."""
+    view = as_model(model)
+    marked = getattr(view.module, BASE_ATTR, None)
     if marked:
         marked[1] += 1
         return
-    from .models import fingerprint
-
-    object.__setattr__(module, BASE_ATTR, [fingerprint(module), 1])
+    object.__setattr__(view.module, BASE_ATTR, [view.fingerprint, 1])
 
 
 def release_base(module: nn.Module) -> None:
@@ -286,12 +286,13 @@ def check_resident(model: Any, names: Iterable[str]) -> None:
                          "device) for weight levers, or use a hook lever (apply) instead")
 
 
-def _changed(module: nn.Module, names: Iterable[str], change: Callable[[], None]) -> WeightSnapshot:
+def _changed(view: ModelView, names: Iterable[str], change: Callable[[], None]) -> WeightSnapshot:
     """Snapshot ``names``, mark the base, run ``change``; on failure put everything back and re-raise."""
+    module = view.module
     names = list(names)
     check_resident(module, names)
     snapshot = WeightSnapshot(module, names)
-    mark_base(module)
+    mark_base(view)
     try:
         with torch.no_grad():
             change()
@@ -314,8 +315,9 @@ def temporarily_changed(model: Any, names: Iterable[str], change: Callable[[], N
     on its own exit (with a :class:`LeverOrderWarning`): once all are closed the model is exactly as
     before, never left with a change half undone.
     """
-    module = as_model(model).module
-    snapshot = _changed(module, names, change)
+    view = as_model(model)
+    module = view.module
+    snapshot = _changed(view, names, change)
     open_contexts = getattr(module, _OPEN_ATTR, None)
     if open_contexts is None:
         open_contexts = []
@@ -361,8 +363,9 @@ def bake_weights(model: Any, names: Iterable[str], change: Callable[[], None], *
 
     When ``change`` raises, the named parameters are put back first, so a failed bake changes nothing.
     """
-    module = as_model(model).module
-    snapshot = _changed(module, names, change)
+    view = as_model(model)
+    module = view.module
+    snapshot = _changed(view, names, change)
     hashes = {name: _hash_of(module, name) for name in snapshot.saved}
     return Baked(kind, snapshot.saved, hashes, module=module, on_undo=on_undo)
 
