@@ -17,7 +17,7 @@ from tiny_models import TEXTS, build_model, make_tokenizer
 from almostlinear import collect
 from almostlinear.core.collect import model_device
 from almostlinear.core.models import fingerprint
-from almostlinear.core.offload import offloaded, stored_value
+from almostlinear.core.offload import offloaded_modules, stored_value
 
 accelerate = pytest.importorskip("accelerate")
 
@@ -62,7 +62,7 @@ def _stored(model) -> dict[str, torch.Tensor]:
 def test_dispatch_offloads_something(pair):
     _, dispatched = pair
     names = [n for n, _ in dispatched.named_parameters()]
-    assert offloaded(dispatched, names), "the placement should leave parameters on the meta device"
+    assert offloaded_modules(dispatched, names), "the placement should leave parameters on the meta device"
 
 
 def test_fingerprint_reads_the_weights_map(pair):

@@ -43,7 +43,7 @@ from torch import nn
 from .artifact import FORMAT_VERSION, Artifact, read_header, write_file
 from .digest import tensor_digest
 from .errors import ArtifactError, LeverError, NonFiniteError, ShapeError, check_choice
-from .offload import is_offload_hooked, is_offloaded, readable
+from .offload import is_offloaded, offloaded_modules, readable
 from .units import UNITS
 
 def check_strength(strength: Any, units: str = "raw") -> float:
@@ -255,30 +255,16 @@ def set_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
             current.copy_(value.to(device=current.device, dtype=current.dtype))
 
 
-def offloaded_modules(module: nn.Module, names: Iterable[str]) -> list[str]:
-    """The modules owning ``names`` whose weights accelerate keeps off the model (meta tensors).
-
-    A name that does not exist yet (a bias a bake would create) counts when its module is offloaded.
-    """
-    found: list[str] = []
-    for name in dict.fromkeys(names):
-        owner, leaf = _owner(module, name)
-        tensor = owner._parameters.get(leaf)
-        held = is_offloaded(tensor) if tensor is not None else (
-            any(is_offloaded(p) for p in owner.parameters(recurse=False)) or is_offload_hooked(owner))
-        path = name.rpartition(".")[0] or "(the model)"
-        if held and path not in found:
-            found.append(path)
-    return found
-
-
 def check_resident(model: Any, names: Iterable[str]) -> None:
     """Refuse, before anything changes, to write weights that accelerate has offloaded.
 
     Writing an offloaded parameter would change only its meta placeholder while accelerate keeps
     loading the stored values, a silent partial write; hook levers act on such models unchanged.
     """
-    held = offloaded_modules(as_model(model).module, names)
+    module, names = as_model(model).module, list(names)
+    for name in names:
+        _owner(module, name)  # a name of no module is a library error, before any offload question
+    held = offloaded_modules(module, names)
     if held:
         shown = ", ".join(held[:6]) + (f" and {len(held) - 6} more" if len(held) > 6 else "")
         raise LeverError(f"these weights are offloaded by accelerate: {shown}; a weight lever cannot change them. "

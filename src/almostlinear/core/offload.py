@@ -69,18 +69,19 @@ def readable(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def offloaded(model: nn.Module, names: Iterable[str]) -> list[str]:
-    """Those of the parameter or buffer ``names`` whose values accelerate keeps off the module."""
-    found = []
-    for name in names:
+def offloaded_modules(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """The modules owning the parameters ``names`` whose weights accelerate keeps off the model (meta
+    tensors). A name that does not exist yet (a bias a bake would create) counts when its module is
+    offloaded."""
+    found: list[str] = []
+    for name in dict.fromkeys(names):
         path, _, leaf = name.rpartition(".")
-        try:
-            owner = model.get_submodule(path) if path else model
-        except AttributeError:
-            continue
-        tensor = owner._parameters.get(leaf, owner._buffers.get(leaf))
-        if is_offloaded(tensor):
-            found.append(name)
+        owner = model.get_submodule(path) if path else model
+        tensor = owner._parameters.get(leaf)
+        held = is_offloaded(tensor) if tensor is not None else (
+            any(is_offloaded(p) for p in owner.parameters(recurse=False)) or is_offload_hooked(owner))
+        if held and (path or "(the model)") not in found:
+            found.append(path or "(the model)")
     return found
 
 
