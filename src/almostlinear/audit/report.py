@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..core.paths import follow_umask
 from ..core.report import Figure, Metric, SectionResult
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -188,8 +189,6 @@ def write_atomically(folder: Path, files: dict[str, str]) -> None:
     import fcntl
 
     folder.mkdir(parents=True, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
     staged = []
     try:
         for name, text in files.items():
@@ -199,7 +198,7 @@ def write_atomically(folder: Path, files: dict[str, str]) -> None:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(tmp, 0o666 & ~umask)
+            follow_umask(tmp)
         lock = os.open(folder, os.O_RDONLY)  # a lock on the folder: no extra file in it
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)

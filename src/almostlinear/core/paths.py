@@ -43,8 +43,8 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
 
 
 def follow_umask(path: str | os.PathLike) -> None:
-    """Give a file made by ``tempfile.mkstemp`` (always private, 0600) the permissions the user's umask
-    gives any other new file, before it is renamed into place."""
+    """Give a file or folder made by ``tempfile.mkstemp``/``mkdtemp`` (always private, 0600/0700) the
+    permissions the user's umask gives any other new one, before it is renamed into place."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)

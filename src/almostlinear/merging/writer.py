@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import AlmostLinearError
+from ..core.paths import follow_umask
 from .stream import INDEX_NAME, dtype_name
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
@@ -189,9 +190,7 @@ class AtomicShardedWriter:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp made it private; the output follows the umask
+        follow_umask(self.tmp)  # mkdtemp made it private
         _fsync_dir(self.tmp)
         old = None
         if self.out.exists():
