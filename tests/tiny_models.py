@@ -258,3 +258,17 @@ def toy_statements(copies: int = 4) -> list:
         out.append(Statement(f"the city {city} is in {country} .", True, subject, country, country))
         out.append(Statement(f"the city {city} is in {wrong} .", False, subject, wrong, country))
     return out
+
+
+def state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer, to compare with after a lever is undone."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_state_restored(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Every tensor equals its copy bit for bit, and no lever is marked as still in place."""
+    from almostlinear.core.lever import BASE_ATTR
+
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert not hasattr(model, BASE_ATTR)

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-from tiny_models import build_model
+from tiny_models import assert_state_restored, build_model, state_copy
 
 from almostlinear import adapters as ad
 from almostlinear.core.errors import AlmostLinearError, ArtifactError, LeverError, NonFiniteError
-from almostlinear.core.lever import BASE_ATTR, Baked, Lever
+from almostlinear.core.lever import Baked, Lever
 from almostlinear.core.models import LoadedModel
 
 peft = pytest.importorskip("peft")
@@ -113,16 +113,6 @@ def test_factor_wise_mixing_reproduces_peft_linear_and_is_far_from_the_sum(base,
         assert error > 0.3  # cross terms BᵢAⱼ: far from the exact sum
 
 
-def _state(model) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _assert_state(model, state) -> None:
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, state[k]), k
-    assert not hasattr(model, BASE_ATTR)
-
-
 def test_an_adapter_is_a_lever_with_raw_strength(folders):
     adapter = ad.read_peft(folders[0])
     assert isinstance(adapter, Lever) and adapter.bakes and adapter.strength_units == ("raw",)
@@ -131,7 +121,7 @@ def test_an_adapter_is_a_lever_with_raw_strength(folders):
 def test_apply_restores_and_bake_merges(base, folders):
     adapter = ad.read_peft(folders[0])
     model = copy.deepcopy(base)
-    before = _state(model)
+    before = state_copy(model)
     peft_model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(folders[0]))
     x = torch.randint(3, 90, (1, 5))
     with torch.no_grad():
@@ -143,17 +133,17 @@ def test_apply_restores_and_bake_merges(base, folders):
                 assert not torch.equal(model.model.layers[0].self_attn.q_proj.weight,
                                        before["model.layers.0.self_attn.q_proj.weight"])
                 raise KeyError("inside")
-    _assert_state(model, before)
+    assert_state_restored(model, before)
     with pytest.raises(NonFiniteError):
         adapter.bake_(model, strength=float("nan"))
-    _assert_state(model, before)
+    assert_state_restored(model, before)
     baked = adapter.bake_(model)
     assert isinstance(baked, Baked)
     merged = peft_model.merge_and_unload()
     for k, v in merged.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
     baked.undo_()
-    _assert_state(model, before)
+    assert_state_restored(model, before)
 
 
 def test_strength_scales_the_merged_delta(base, folders):
@@ -172,7 +162,7 @@ def test_strength_scales_the_merged_delta(base, folders):
 def test_a_saved_bake_is_undone_elsewhere_and_a_loaded_model_is_accepted(base, folders, tmp_path):
     adapter = ad.read_peft(folders[2])
     model = copy.deepcopy(base)
-    before = _state(model)
+    before = state_copy(model)
     loaded = LoadedModel(model, None, "tiny-llama", "memory", "causal-lm")
     with adapter.apply(loaded) as module:
         assert module is model
@@ -181,18 +171,18 @@ def test_a_saved_bake_is_undone_elsewhere_and_a_loaded_model_is_accepted(base, f
     with pytest.raises(LeverError, match="not as this"):  # other weights than the bake left: refused, unchanged
         record.undo_(copy.deepcopy(base))
     record.undo_(loaded)
-    _assert_state(model, before)
+    assert_state_restored(model, before)
 
 
 def test_an_adapter_for_another_model_changes_nothing(folders):
     adapter = ad.read_peft(folders[0])
     model = build_model("gpt2")
-    before = _state(model)
+    before = state_copy(model)
     with pytest.raises(AlmostLinearError, match="no module"):
         adapter.apply(model)
     with pytest.raises(AlmostLinearError, match="no module"):
         adapter.bake_(model)
-    _assert_state(model, before)
+    assert_state_restored(model, before)
 
 
 def test_unsupported_variants_are_refused(base, tmp_path):
