@@ -227,3 +227,20 @@ def test_maps_merge_and_copy_keep_the_layout_and_the_class():
 def test_maps_wrong_shapes(call):
     with pytest.raises(ShapeError):
         call()
+
+
+def test_moments_that_keep_only_the_trace_of_y_score_as_the_full_ones():
+    from almostlinear.linearity.affine import affine_r2, fit_affine, residual_moments
+
+    x, y = _data(400, 6, 6, seed=3, offset=2.0)
+    full, trace = RunningMoments(6, 6), RunningMoments(6, 6, y_trace_only=True)
+    _feed(full, x, y, [150, 250])
+    _feed(trace, x, y, [150, 250])
+    assert trace.syy_.shape == ()
+    torch.testing.assert_close(trace.total_var_y(), torch.trace(full.cov_y()), rtol=1e-12, atol=0)
+    for a, b in ((full, trace), (residual_moments(full), residual_moments(trace))):
+        torch.testing.assert_close(b.total_var_y(ddof=0), torch.trace(a.cov_y(ddof=0)), rtol=1e-12, atol=0)
+        fit = fit_affine(a, ridge=1e-2)
+        assert affine_r2(fit, b) == pytest.approx(affine_r2(fit, a), rel=1e-12)
+    with pytest.raises(ShapeError):
+        trace.cov_y()

@@ -95,3 +95,20 @@ def test_whitening_agreement_and_defaults():
     assert agreement.shape == (3,) and bool((agreement <= 1 + 1e-9).all())
     assert default_layer(model) in (0, 1) and default_layers(model) == (0, 1)
     assert hparams_for(model, v_steps=3).v_steps == 3
+
+
+def test_second_moment_formed_in_place_equals_the_copying_one_and_empties_the_sum():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    m = SecondMoment(6).update(x)
+    expected = m.moment()
+    got = m.moment_()
+    assert torch.equal(got, expected)  # the same division, done in place
+    assert m.count == 0 and m.total is None
+    with pytest.raises(EmptyDataError):
+        m.moment_()
+    # an empty sum follows the first keys to their device (here: stays on the CPU) and merges
+    empty = SecondMoment(6)
+    assert empty.merge(SecondMoment(6).update(x)).count == 50
+    on_meta = SecondMoment(6, device="meta")
+    assert on_meta.total.device.type == "meta"

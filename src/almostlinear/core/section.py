@@ -40,16 +40,32 @@ class Budget:
     # Sections that run work of their own (edits, generation, training) size it by this flag rather
     # than by guessing from the text counts above.
     quick_mode: bool = False
+    # Training tokens of the tuned lens (SGD through the unembedding: about three vocabulary-sized
+    # products per state and token, the costliest lens); 0 leaves it out, None means lens_tokens
+    # outside quick mode and none in it.
+    tuned_lens_tokens: int | None = None
+    # Bytes of per-layer statistics that the layered sections (LayeredSection) may hold at once. When
+    # all layers' state would exceed it, the runner serves those sections a group of layers per forward
+    # pass, so memory stays bounded whatever the depth (180 B·d² per layer for the linearity and lens
+    # sections: 3.0 GB at d = 4096, so 3 layers a pass at the default; SmolLM2's 30 layers take 1.8 GB).
+    state_bytes: int = 10 * 10**9
+
+    @property
+    def tuned_tokens(self) -> int:
+        """The tuned lens's training tokens, ``tuned_lens_tokens`` resolved."""
+        if self.tuned_lens_tokens is None:
+            return 0 if self.quick_mode else self.lens_tokens
+        return self.tuned_lens_tokens
 
     @classmethod
     def quick(cls) -> Budget:
         return cls(neutral_texts=48, neutral_new_tokens=80, lens_tokens=384, statements=240,
-                   fact_candidates=400, quick_mode=True)
+                   fact_candidates=400, quick_mode=True, tuned_lens_tokens=128)
 
     @classmethod
     def full(cls) -> Budget:
         return cls(neutral_texts=160, neutral_new_tokens=112, lens_tokens=4096, statements=1000,
-                   fact_candidates=3000, similarity_tokens=4000, batch_size=16)
+                   fact_candidates=3000, similarity_tokens=4000, batch_size=16, tuned_lens_tokens=4096)
 
 
 @dataclass
@@ -163,4 +179,57 @@ class SiteRows:
         return torch.cat(self._parts, dim=1), torch.cat(self._index)
 
 
-__all__ += ["CausalSection", "SiteRows"]
+class LayeredSection(Section):
+    """A section whose statistics are kept per layer and reduced layer by layer.
+
+    The runner may serve it in stages: for each group of layers (a ``range`` of block indices) it
+    calls :meth:`begin_layers`, streams the batches of that group's needs to :meth:`consume`, then
+    calls :meth:`end_layers`, which reduces the group's statistics to per-layer results and frees
+    them. All layers in one group is the ordinary single pass. Subclasses implement
+    :meth:`layer_state_bytes` (what one layer's statistics cost, so the runner can size the groups),
+    :meth:`layer_needs`, :meth:`reduce_layers` and :meth:`report`.
+    """
+
+    _open_layers: range | None = None
+
+    def layer_state_bytes(self, ctx: AuditContext) -> int:
+        raise NotImplementedError
+
+    def layer_needs(self, ctx: AuditContext, layers: range) -> list[Need]:
+        raise NotImplementedError
+
+    def reduce_layers(self, ctx: AuditContext, layers: range) -> None:
+        raise NotImplementedError
+
+    def report(self, ctx: AuditContext) -> SectionResult:
+        raise NotImplementedError
+
+    def needs(self, ctx: AuditContext) -> list[Need]:
+        return self.begin_layers(ctx, range(ctx.structure.n_layers))
+
+    def begin_layers(self, ctx: AuditContext, layers: range) -> list[Need]:
+        """Start the statistics of ``layers`` (``layers.start == 0`` starts a new audit)."""
+        self._open_layers = layers
+        return self.layer_needs(ctx, layers)
+
+    def end_layers(self, ctx: AuditContext) -> None:
+        """Reduce and free the open group's statistics; nothing when no group is open."""
+        layers, self._open_layers = self._open_layers, None
+        if layers is not None:
+            self.reduce_layers(ctx, layers)
+
+    def finish(self, ctx: AuditContext) -> SectionResult:
+        self.end_layers(ctx)  # a runner that never staged the layers: the one group is still open
+        return self.report(ctx)
+
+
+def layer_groups(n_layers: int, per_layer_bytes: int, state_bytes: int) -> list[range]:
+    """Consecutive groups of layers whose statistics fit ``state_bytes`` together (at least one layer
+    each); one group of all layers when everything fits."""
+    if n_layers <= 0:
+        return [range(0)]
+    size = n_layers if per_layer_bytes * n_layers <= state_bytes else max(1, state_bytes // max(per_layer_bytes, 1))
+    return [range(start, min(start + size, n_layers)) for start in range(0, n_layers, size)]
+
+
+__all__ += ["CausalSection", "LayeredSection", "SiteRows", "layer_groups"]

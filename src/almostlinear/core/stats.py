@@ -9,6 +9,10 @@ With ``maps=L`` the same object holds ``L`` independent sets of moments (one per
 together from ``[L, n, d]`` batches, so their products run as one batched matrix multiply; with
 ``y_trace_only`` it keeps ``sum ||y - mean_y||^2`` instead of the ``y`` covariance, which is all that
 an R² needs and a third of the cost of each batch.
+
+The state lives on ``device`` (the CPU by default) and every batch is moved there before its
+products are formed: on an accelerator, pass its device so that the ``d x d`` products run where the
+activations already are and nothing is copied to the host per batch.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class RunningMoments:
     batch_dtype: torch.dtype = torch.float64  # float32 halves the cost of each batch's products
     maps: int | None = None  # a leading axis of that many independent moment sets
     y_trace_only: bool = False
+    device: torch.device | str | None = None  # where the state is created; None: the CPU
 
     def __post_init__(self) -> None:
         if self.y_trace_only and self.dim_y is None:
@@ -50,7 +55,7 @@ class RunningMoments:
             lead = () if self.maps is None else (self.maps,)
 
             def zeros(*shape: int) -> torch.Tensor:
-                return torch.zeros(*lead, *shape, dtype=torch.float64)
+                return torch.zeros((*lead, *shape), dtype=torch.float64, device=self.device or "cpu")
 
             self.mean_x = zeros(self.dim_x)
             self.sxx_ = zeros(self.dim_x, self.dim_x)
@@ -68,7 +73,7 @@ class RunningMoments:
             raise ShapeError(f"{name} must be [n, {dim}], got {tuple(x.shape)}")
         if self.maps is not None and (x.dim() != 3 or x.shape[0] != self.maps or x.shape[2] != dim):
             raise ShapeError(f"{name} must be [{self.maps}, n, {dim}], got {tuple(x.shape)}")
-        x = x.detach().to(device="cpu", dtype=self.batch_dtype)
+        x = x.detach().to(device=self.mean_x.device, dtype=self.batch_dtype)
         if not torch.isfinite(x).all():
             raise NonFiniteError(
                 f"{name} contains NaN or infinite values: check the model's dtype (float16 overflows "
@@ -149,6 +154,12 @@ class RunningMoments:
     def cov_x(self, ddof: int = 1) -> torch.Tensor:
         self._require(ddof + 1)
         return self.sxx_ / (self.n - ddof)
+
+    def total_var_y(self, ddof: int = 1) -> torch.Tensor:
+        """The trace of ``y``'s covariance (per map with ``maps``), kept with or without ``y_trace_only``."""
+        self._require(ddof + 1)
+        total = self.syy_ if self.y_trace_only else self.syy_.diagonal(dim1=-2, dim2=-1).sum(-1)
+        return total / (self.n - ddof)
 
     def cov_y(self, ddof: int = 1) -> torch.Tensor:
         if self.y_trace_only:

@@ -38,11 +38,14 @@ def _from_moments(a: SecondMoment, b: SecondMoment, layer: int, source: str, pro
         raise EmptyDataError(
             "key statistics need at least two texts (one per half) with tokens; pass more texts"
         )
-    whole = a.merge(b)
+    n_a, n_b = a.count, b.count
+    c = a.merge(b).moment_()  # C formed in place of the merged sum: no further d_mlp² float64 copy
     provenance = dataclasses.replace(provenance, where=Where.at("mlp_key", layer))
-    # The halves serve the stability figures only, so float32 halves the file at no cost to C.
-    return KeyStatistics(c=whole.moment(), half_a=a.moment().float(), half_b=b.moment().float(),
-                         n_a=a.count, n_b=b.count, source=source, provenance=provenance)
+    # The halves serve the stability figures only, so float32 halves the file at no cost to C; each
+    # half's float64 sum is divided in place and freed as soon as it is rounded.
+    half_a = a.moment_().float()
+    half_b = b.moment_().float()
+    return KeyStatistics(c=c, half_a=half_a, half_b=half_b, n_a=n_a, n_b=n_b, source=source, provenance=provenance)
 
 
 def accumulate(model: nn.Module, tokenizer, texts: Sequence[str], layers: Sequence[int], *, n_tokens: int,

@@ -45,12 +45,12 @@ def fit_affine(moments: RunningMoments, *, ridge: float = 0.0) -> AffineFit:
 
 def affine_r2(fit: AffineFit, moments: RunningMoments) -> float:
     """Explained share of total variance of ``y`` when ``fit`` predicts it on these data."""
-    cxx, cxy, cyy = moments.cov_x(ddof=0), moments.cross_cov(ddof=0), moments.cov_y(ddof=0)
-    A = fit.A
-    shift = (moments.mean_y - fit.y_mean) - (moments.mean_x - fit.x_mean) @ A
-    sse = torch.trace(cyy) - 2 * torch.sum(A * cxy) + torch.sum(A * (cxx @ A)) + shift @ shift
+    cxx, cxy = moments.cov_x(ddof=0), moments.cross_cov(ddof=0)
+    sst = moments.total_var_y(ddof=0)  # only the trace of y's covariance enters
+    A = fit.A.to(cxx.device)
+    shift = (moments.mean_y - fit.y_mean.to(cxx.device)) - (moments.mean_x - fit.x_mean.to(cxx.device)) @ A
+    sse = sst - 2 * torch.sum(A * cxy) + torch.sum(A * (cxx @ A)) + shift @ shift
     sse = sse.clamp_min(0)  # a sum of squares; the expanded form can round to a tiny negative number
-    sst = torch.trace(cyy)
     if sst <= 0:
         raise EmptyDataError("y has no variance on these data; the score is undefined")
     return float(1 - sse / sst)
@@ -61,15 +61,18 @@ def residual_moments(moments: RunningMoments) -> RunningMoments:
 
     Accumulating ``(h_l, h_{l+1} - h_l)`` and deriving ``(h_l, h_{l+1})`` by addition avoids the
     cancellation that the opposite direction would suffer, since the block's update is small
-    next to the residual stream it is added to.
+    next to the residual stream it is added to. Moments that keep only the trace of ``y``'s
+    covariance give the trace of the sum's.
     """
-    if moments.dim_y != moments.dim_x:
-        raise EmptyDataError("x and y must have the same width to add them")
+    if moments.dim_y != moments.dim_x or moments.maps is not None:
+        raise EmptyDataError("x and y must have the same width (and one set of moments) to add them")
+    if moments.y_trace_only:
+        syy = moments.syy_ + 2 * torch.trace(moments.sxy_) + torch.trace(moments.sxx_)
+    else:
+        syy = moments.syy_ + moments.sxy_ + moments.sxy_.T + moments.sxx_
     return RunningMoments(
         moments.dim_x, moments.dim_y, moments.n,
         moments.mean_x.clone(), moments.mean_y + moments.mean_x,
-        moments.sxx_.clone(),
-        moments.syy_ + moments.sxy_ + moments.sxy_.T + moments.sxx_,
-        moments.sxy_ + moments.sxx_,
-        moments.batch_dtype,
+        moments.sxx_.clone(), syy, moments.sxy_ + moments.sxx_,
+        batch_dtype=moments.batch_dtype, y_trace_only=moments.y_trace_only,
     )

@@ -32,8 +32,9 @@ class PairMoments(RunningMoments):
     ``syy_`` holds the per-layer total ``sum ||y - my||^2``; ``merge`` and ``copy`` keep the class.
     """
 
-    def __init__(self, layers: int, dim_x: int, dim_y: int, batch_dtype: torch.dtype = torch.float32) -> None:
-        super().__init__(dim_x, dim_y, batch_dtype=batch_dtype, maps=layers, y_trace_only=True)
+    def __init__(self, layers: int, dim_x: int, dim_y: int, batch_dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(dim_x, dim_y, batch_dtype=batch_dtype, maps=layers, y_trace_only=True, device=device)
 
     @property
     def layers(self) -> int:
@@ -44,8 +45,9 @@ class PairMoments(RunningMoments):
         if self.n < 2:
             raise EmptyDataError(f"need at least 2 samples to fit a map, have {self.n}")
         scale = self.sxx_.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-300)  # per layer
-        ridges = torch.as_tensor(ridge, dtype=torch.float64).reshape(-1).expand(self.layers)
-        shift = torch.clamp(ridges, min=1e-9)[:, None, None] * torch.eye(self.dim_x, dtype=torch.float64)
+        device = self.sxx_.device
+        ridges = torch.as_tensor(ridge, dtype=torch.float64).to(device).reshape(-1).expand(self.layers)
+        shift = torch.clamp(ridges, min=1e-9)[:, None, None] * torch.eye(self.dim_x, dtype=torch.float64, device=device)
         A = spd_solve(self.sxx_ / scale[:, None, None] + shift, self.sxy_ / scale[:, None, None], 0.0)
         lam = (ridges.clamp(min=1e-9) * scale / self.n).tolist()
         return [AffineFit(A[i], self.mean_x[i].clone(), self.mean_y[i].clone(), lam[i]) for i in range(self.layers)]
@@ -71,7 +73,7 @@ def held_out_r2(train: PairMoments, val: PairMoments, test: PairMoments, ridges=
     Returns R^2 per layer on ``test`` and the refitted maps.
     """
     scores = torch.stack([val.r2(train.fit(r)) for r in ridges])  # [ridges, layers]
-    best = torch.tensor(ridges, dtype=torch.float64)[scores.argmax(0)]
+    best = torch.tensor(ridges, dtype=torch.float64, device=scores.device)[scores.argmax(0)]
     fits = train.merge(val).fit(best)
     return test.r2(fits), fits
 

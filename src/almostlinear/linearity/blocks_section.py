@@ -4,10 +4,13 @@ costs in loss, and how far apart the layers' last-token states are (angular dist
 The sublayers' inputs and outputs (``attn_in``/``attn_out``, ``mlp_in``/``mlp_out``) and the
 residual states come from the audit's shared pass over the neutral texts; each text goes whole to
 one split by its index, and each split's moments are folded in the groups of texts a pass over that
-split alone would use, so they equal those of one pass per split."""
+split alone would use, so they equal those of one pass per split. The moments (96 B·d² per block)
+are fitted, scored and freed as soon as their group of layers is done; of the fitted maps only those
+still among the most and least linear are kept for the replacement step."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -16,7 +19,7 @@ import torch
 from ..core.collect import Batch
 from ..core.errors import EmptyDataError, StructureError
 from ..core.report import Figure, Metric, SectionResult, Series
-from ..core.section import AuditContext, Need, Section, last_token_rows
+from ..core.section import AuditContext, LayeredSection, Need, last_token_rows
 from ..core.sites import Site
 from .blocks import angular_distance_profile, held_out_r2
 from .passes import SplitMoments, next_token_loss, sublayer_sites
@@ -33,7 +36,7 @@ NAMES = {"attn": "attention", "mlp": "MLP"}
 SPLITS = {"train": (0, 1), "val": (2,), "test": (3,)}
 
 
-class BlockLinearitySection(Section):
+class BlockLinearitySection(LayeredSection):
     id = "block_linearity"
     title = "Per-block linearity of attention and MLP"
 
@@ -44,14 +47,25 @@ class BlockLinearitySection(Section):
             return str(error)
         return None
 
-    def needs(self, ctx: AuditContext) -> list[Need]:
+    def layer_state_bytes(self, ctx: AuditContext) -> int:
+        d = ctx.structure.d_model
+        return len(SPLITS) * len(KINDS) * 8 * (2 * d * d + 2 * d + 1)  # sxx, sxy, means, trace of syy
+
+    def layer_needs(self, ctx: AuditContext, layers: range) -> list[Need]:
         s = ctx.structure
-        self.states = (Site("resid_pre", 0),) + tuple(Site("resid_post", i) for i in range(s.n_layers))
-        self.parts = [sublayer(s, layer, kind) for layer in range(s.n_layers) for kind in KINDS]
+        if layers.start == 0:
+            self.r2: dict[str, dict[int, float]] = {kind: {} for kind in KINDS}
+            self.fits: dict[str, dict[int, object]] = {kind: {} for kind in KINDS}
+            self.last_states: dict[int, list[torch.Tensor]] = {}
+            self.fit_seconds = 0.0
+            self.n_fit = self.n_test = 0
+        # residual states read at the last token, for the angular distances: state l is block l's input
+        final = layers.stop == s.n_layers
+        self.state_index = list(layers) + ([s.n_layers] if final else [])
+        self.states = tuple(Site("resid_pre", 0) if i == 0 else Site("resid_post", i - 1) for i in self.state_index)
+        self.parts = [sublayer(s, layer, kind) for layer in layers for kind in KINDS]
         # each split folds its texts in the groups a pass over that split alone would batch them in
         self.moments = SplitMoments(self.parts, s.d_model, SPLITS, ctx.budget.batch_size)
-        self.last_states: list[torch.Tensor] = []
-        self.fit_seconds = 0.0
         return [Need("neutral", self.states + sublayer_sites(self.parts), positions="all", skip_first=True)]
 
     def consume(self, source: str, batch: Batch) -> None:
@@ -59,10 +73,29 @@ class BlockLinearitySection(Section):
         self.moments.add(batch)
         self.fit_seconds += time.perf_counter() - began
         last = last_token_rows(batch)
-        self.last_states.append(torch.stack([batch.activations[s][last.to(batch.activations[s].device)].float().cpu()
-                                             for s in self.states]))
+        for index, site in zip(self.state_index, self.states):
+            state = batch.activations[site]
+            self.last_states.setdefault(index, []).append(state[last.to(state.device)].float().cpu())
 
-    def finish(self, ctx: AuditContext) -> SectionResult:
+    def reduce_layers(self, ctx: AuditContext, layers: range) -> None:
+        began = time.perf_counter()
+        moments, self.moments = self.moments.result(), None
+        k = 2 if ctx.quick else 3  # how many of the most and of the least linear blocks are replaced
+        for kind in KINDS:
+            r2, fits = held_out_r2(moments["train"][kind], moments["val"][kind], moments["test"][kind])
+            for layer, value, fit in zip(layers, r2.tolist(), fits):
+                self.r2[kind][layer] = value
+                # a fit's map is a view into the group's [layers, d, d] solve: a copy lets the rest go
+                self.fits[kind][layer] = dataclasses.replace(fit, A=fit.A.clone())
+            # keep only the maps that can still be among the k most or k least linear blocks
+            order = sorted(self.r2[kind], key=self.r2[kind].__getitem__, reverse=True)
+            keep = set(order[:k] + order[-k:])
+            self.fits[kind] = {layer: fit for layer, fit in self.fits[kind].items() if layer in keep}
+        self.n_fit = moments["train"]["mlp"].n + moments["val"]["mlp"].n
+        self.n_test = moments["test"]["mlp"].n
+        self.fit_seconds += time.perf_counter() - began
+
+    def report(self, ctx: AuditContext) -> SectionResult:
         result = SectionResult(self.id, self.title)
         s = ctx.structure
         texts = ctx.texts("neutral")
@@ -70,12 +103,9 @@ class BlockLinearitySection(Section):
         train, val, test = split["train"], split["val"], split["test"]
         if min(len(train), len(val), len(test)) == 0:
             raise EmptyDataError(f"need at least 4 neutral texts for train/validation/test, got {len(texts)}")
-        began = time.perf_counter()
-        moments = self.moments.result()
-        r2, fits = {}, {}
-        for kind in KINDS:
-            r2[kind], fits[kind] = held_out_r2(moments["train"][kind], moments["val"][kind], moments["test"][kind])
-        fit_seconds = self.fit_seconds + time.perf_counter() - began
+        r2 = {kind: torch.tensor([self.r2[kind][layer] for layer in range(s.n_layers)], dtype=torch.float64)
+              for kind in KINDS}
+        fits, fit_seconds = self.fits, self.fit_seconds
         layers = list(range(s.n_layers))
         for kind in KINDS:
             name = f"{kind}_r2_held_out"
@@ -93,8 +123,8 @@ class BlockLinearitySection(Section):
         result.figures.append(Figure(
             "sublayer_r2", "Held-out R² of the best affine map from each sublayer's input to its output",
             "block", "R²", [Series(NAMES[k], layers, [float(v) for v in r2[k]]) for k in KINDS]))
-        n_test = moments["test"]["mlp"].n
-        result.metrics.append(Metric("tokens_fit", moments["train"]["mlp"].n + moments["val"]["mlp"].n, "tokens"))
+        n_test = self.n_test
+        result.metrics.append(Metric("tokens_fit", self.n_fit, "tokens"))
         result.metrics.append(Metric("tokens_test", n_test, "tokens"))
         if ctx.causal:
             self._replacement(ctx, result, r2, fits, test)
@@ -170,7 +200,7 @@ class BlockLinearitySection(Section):
                "large absolute error at a high R²."))
 
     def _angular(self, result: SectionResult) -> None:
-        states = torch.cat(self.last_states, dim=1)  # [S, texts, d]
+        states = torch.stack([torch.cat(self.last_states[i]) for i in sorted(self.last_states)])  # [S, texts, d]
         profile = angular_distance_profile(states)  # [S-1 shifts, S-1 starts]
         count = states.shape[0]
         blocks = count - 1

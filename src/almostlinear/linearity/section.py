@@ -1,11 +1,15 @@
 """Audit section: inter-layer linearity (arXiv 2405.12250), in-sample and held out, with and without
-the residual path."""
+the residual path.
+
+Each transition keeps its own float64 moments (48 B·d² over the three splits), scored and freed as
+soon as its group of layers is done, so the runner can bound the memory by serving a few layers per
+pass."""
 
 from __future__ import annotations
 
 import torch
 
-from ..core.section import AuditContext, Need, Section
+from ..core.section import AuditContext, LayeredSection, Need
 from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.collect import Batch
 from ..core.sites import Site
@@ -15,6 +19,7 @@ from .affine import affine_r2, fit_affine, residual_moments
 SOURCE = "arXiv 2405.12250"
 RIDGES = (1e-4, 1e-2, 1.0)
 SPLITS = ("train", "validation", "test")
+CURVES = ("in_sample", "held_out", "no_residual_in_sample", "no_residual_held_out")
 
 
 def _split_of(text_index: torch.Tensor) -> torch.Tensor:
@@ -22,32 +27,40 @@ def _split_of(text_index: torch.Tensor) -> torch.Tensor:
     return torch.tensor([0, 0, 1, 2])[text_index % 4]
 
 
-class InterLayerLinearity(Section):
+class InterLayerLinearity(LayeredSection):
     id = "interlayer_linearity"
     title = "Inter-layer linearity"
 
-    def needs(self, ctx: AuditContext) -> list[Need]:
-        s = ctx.structure
-        self.states = [Site("resid_pre", 0)] + [Site("resid_post", i) for i in range(s.n_layers)]
-        d = s.d_model
-        # moments of (h_l, h_{l+1} - h_l) per transition and split
-        self.moments = [[RunningMoments(d, d, batch_dtype=torch.float32) for _ in SPLITS] for _ in range(s.n_layers)]
-        return [Need("neutral", tuple(self.states), positions="all", skip_first=True)]
+    def layer_state_bytes(self, ctx: AuditContext) -> int:
+        d = ctx.structure.d_model
+        return len(SPLITS) * 8 * (2 * d * d + 2 * d + 1)  # sxx, sxy, means, trace of syy per split
+
+    def layer_needs(self, ctx: AuditContext, layers: range) -> list[Need]:
+        d = ctx.structure.d_model
+        if layers.start == 0:
+            self.curves: dict[str, dict[int, float]] = {key: {} for key in CURVES}
+            self.n_tokens = self.n_test = 0
+        # state l is the input of block l (resid_pre.0, then resid_post.l-1)
+        self.states = {l: Site("resid_pre", 0) if l == 0 else Site("resid_post", l - 1)
+                       for l in range(layers.start, layers.stop + 1)}
+        # moments of (h_l, h_{l+1} - h_l) per transition and split; R² needs only the trace of y's covariance
+        self.moments = {l: [RunningMoments(d, d, batch_dtype=torch.float32, y_trace_only=True) for _ in SPLITS]
+                        for l in layers}
+        return [Need("neutral", tuple(self.states.values()), positions="all", skip_first=True)]
 
     def consume(self, source: str, batch: Batch) -> None:
         split = _split_of(batch.text_index)
         rows = [(split == k).nonzero()[:, 0] for k in range(len(SPLITS))]
-        for layer, per_split in enumerate(self.moments):
+        for layer, per_split in self.moments.items():
             x = batch.activations[self.states[layer]].float().cpu()
             delta = batch.activations[self.states[layer + 1]].float().cpu() - x
             for chosen, moments in zip(rows, per_split):
                 if chosen.numel():
                     moments.update(x[chosen], delta[chosen])
 
-    def finish(self, ctx: AuditContext) -> SectionResult:
-        result = SectionResult(self.id, self.title)
-        curves = {key: [] for key in ("in_sample", "held_out", "no_residual_in_sample", "no_residual_held_out")}
-        for layer, (train, val, test) in enumerate(self.moments):
+    def reduce_layers(self, ctx: AuditContext, layers: range) -> None:
+        for layer in layers:
+            train, val, test = self.moments.pop(layer)
             whole = train.merge(val).merge(test)
             with_residual = [residual_moments(m) for m in (train, val, test)]
             scores = {
@@ -57,9 +70,13 @@ class InterLayerLinearity(Section):
                 "no_residual_held_out": _held_out(train, val, test),
             }
             for key, value in scores.items():
-                curves[key].append(value)
-        n_tokens = sum(m.n for m in self.moments[0])
-        n_test = self.moments[0][2].n
+                self.curves[key][layer] = value
+            self.n_tokens, self.n_test = whole.n, test.n
+
+    def report(self, ctx: AuditContext) -> SectionResult:
+        result = SectionResult(self.id, self.title)
+        curves = {key: [values[l] for l in sorted(values)] for key, values in self.curves.items()}
+        n_tokens, n_test = self.n_tokens, self.n_test
         d = ctx.structure.d_model
         refs = {
             "in_sample": (0.99, "≈0.99 between consecutive layers of GPT, LLaMA, OPT, BLOOM (abstract)"),
@@ -88,7 +105,7 @@ class InterLayerLinearity(Section):
             Metric("in_sample_noise_floor", d / max(n_tokens, 1), "R²",
                    note="expected in-sample R² of a map fitted to pure noise (d / n)"),
         ]
-        layers = list(range(len(self.moments)))
+        layers = list(range(len(curves["in_sample"])))
         result.figures.append(Figure(
             "linearity", "Linearity of each block's map h_l → h_{l+1}", "block", "R²",
             [Series("in-sample (paper's score)", layers, curves["in_sample"]),
