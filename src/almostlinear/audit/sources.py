@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from .. import data
+from ..core.collect import shard_of
 from ..core.errors import EmptyDataError
 from ..core.section import AuditContext
 from ..truth.prompts import contrast_prompts, whole_subjects
 
 
-def build_source(ctx: AuditContext, source: str) -> list:
-    """The items of ``source`` (texts or statements); :meth:`AuditContext.items` keeps them."""
+def build_source(ctx: AuditContext, source: str, shard: tuple[int, int] | None = None) -> list:
+    """The items of ``source`` (texts or statements); :meth:`AuditContext.items` keeps them.
+
+    ``shard=(rank, world)`` keeps this process's contiguous block of them (uneven and empty blocks
+    allowed; see :func:`~almostlinear.core.collect.shard_bounds`)."""
     builders = {"neutral": _neutral, "cities": _cities, "cities_contrast": _cities_contrast}
     if source not in builders:
         raise EmptyDataError(f"unknown text source {source!r}; known: {sorted(builders)}")
-    return builders[source](ctx)
+    items = builders[source](ctx)
+    return items if shard is None else shard_of(items, shard)
 
 
 def _neutral(ctx: AuditContext) -> list[str]:

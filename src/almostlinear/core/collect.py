@@ -127,19 +127,50 @@ def _skipping_first(positions: Positions):
     return policy
 
 
+def shard_bounds(n: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """``[start, stop)`` of process ``rank``'s share of ``n`` items for ``shard=(rank, world)``.
+
+    Contiguous blocks whose sizes differ by at most one (the first ``n % world`` ranks take one
+    more); a rank beyond the items gets an empty block. Joined in rank order the blocks are the
+    whole list in its order, so statistics folded in rank order see the data as one process would.
+    """
+    if shard is None:
+        return 0, n
+    try:
+        rank, world = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise ShapeError(f"shard must be a pair (rank, world) of ints, got {shard!r}") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ShapeError(f"shard=(rank, world) needs 0 <= rank < world, got {shard!r}")
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (rank < extra)
+
+
+def shard_of(items: Sequence, shard: tuple[int, int] | None) -> list:
+    """This process's block of ``items`` (see :func:`shard_bounds`)."""
+    start, stop = shard_bounds(len(items), shard)
+    return list(items[start:stop])
+
+
 def stream(model: nn.Module, tokenizer, texts: Sequence[str], sites, *, positions: Positions = "all",
            logits: bool = False, batch_size: int = 8, max_length: int = 128, skip_first: bool = False,
-           structure: Structure | None = None, progress=None) -> Iterator[Batch]:
+           structure: Structure | None = None, progress=None,
+           shard: tuple[int, int] | None = None) -> Iterator[Batch]:
     """Yield a :class:`Batch` per forward pass over ``texts``.
 
     ``skip_first`` drops each text's first token (often an attention sink with an outlying norm).
     ``progress`` is an optional callable receiving the number of texts done after each batch.
+    ``shard=(rank, world)`` runs only this process's block of the texts (:func:`shard_bounds`);
+    ``text_index`` still indexes the whole list, and an empty block yields no batch.
     """
     texts = list(texts)
     if not texts:
         raise EmptyDataError("no texts to run: pass at least one non-empty string")
     if any(not isinstance(t, str) or not t for t in texts):
         raise EmptyDataError("texts must be non-empty strings")
+    offset, stop = shard_bounds(len(texts), shard)
+    texts = texts[offset:stop]
     structure = structure or locate(model)
     sites = as_sites(structure, sites)
     if logits and structure.unembedding is None:
@@ -170,7 +201,7 @@ def stream(model: nn.Module, tokenizer, texts: Sequence[str], sites, *, position
         batch = Batch(
             activations=acts,
             token_ids=inputs["input_ids"][chosen].cpu(),
-            text_index=(rows[chosen] + start).cpu(),
+            text_index=(rows[chosen] + start + offset).cpu(),
             position=real_index[chosen].cpu(),
             logits=out.logits[chosen] if (logits and out is not None) else None,
             next_token_ids=next_ids[chosen].cpu(),
@@ -184,13 +215,18 @@ def stream(model: nn.Module, tokenizer, texts: Sequence[str], sites, *, position
 def collect(model: nn.Module, tokenizer, texts: Sequence[str], sites, *, positions: Positions = "all",
             logits: bool = False, batch_size: int = 8, max_length: int = 128, skip_first: bool = False,
             device: str | torch.device = "cpu", structure: Structure | None = None,
-            progress=None) -> Activations:
-    """Activations at ``sites`` for every chosen token of ``texts``, moved to ``device``."""
+            progress=None, shard: tuple[int, int] | None = None) -> Activations:
+    """Activations at ``sites`` for every chosen token of ``texts``, moved to ``device``.
+
+    With ``shard=(rank, world)`` only this process's block of the texts (see :func:`stream`); an
+    empty block gives zero rows of the right widths."""
     structure = structure or locate(model)
     sites = as_sites(structure, sites)
     parts: list[Batch] = list(stream(model, tokenizer, texts, sites, positions=positions, logits=logits,
                                      batch_size=batch_size, max_length=max_length, skip_first=skip_first,
-                                     structure=structure, progress=progress))
+                                     structure=structure, progress=progress, shard=shard))
+    if not parts:
+        parts = [_empty_batch(model, structure, sites, logits)]
 
     def cat(get):
         return torch.cat([get(b) for b in parts]).to(device)
@@ -204,3 +240,13 @@ def collect(model: nn.Module, tokenizer, texts: Sequence[str], sites, *, positio
         next_token_ids=cat(lambda b: b.next_token_ids),
         sites=sites,
     )
+
+
+def _empty_batch(model: nn.Module, structure: Structure, sites: list[Site], logits: bool) -> Batch:
+    """Zero rows of every field, for a shard that holds no texts."""
+    dtype = next(model.parameters()).dtype
+    index = torch.zeros(0, dtype=torch.long)
+    vocab = getattr(getattr(structure.unembedding, "weight", None), "shape", (0,))[0] if logits else 0
+    return Batch(activations={s: torch.zeros(0, s.width(structure), dtype=dtype) for s in sites},
+                 token_ids=index, text_index=index, position=index,
+                 logits=torch.zeros(0, vocab, dtype=dtype) if logits else None, next_token_ids=index)

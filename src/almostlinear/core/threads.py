@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -22,3 +23,22 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform reports it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """Threads for one process: all cores, or under torchrun its share, cores / LOCAL_WORLD_SIZE.
+
+    torchrun starts LOCAL_WORLD_SIZE processes on each node; each taking every core would run
+    that many times more threads than cores (a 4x slowdown is typical on a busy 2-core machine).
+    """
+    local_world = os.environ.get("LOCAL_WORLD_SIZE", "")
+    share = int(local_world) if local_world.isdigit() and int(local_world) > 0 else 1
+    return max(1, available_cores() // share)

@@ -123,11 +123,13 @@ class TopKSAE(SparseAutoencoderModule):
         out = F.embedding_bag(index, self.W_dec, per_sample_weights=values.to(self.W_dec.dtype), mode="sum")
         return out + self.b_dec if bias else out
 
-    def aux_loss(self, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    def aux_loss(self, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, k_aux: int,
+                 spread: torch.Tensor | float | None = None) -> torch.Tensor:
         """AuxK loss: the dead latents' top ``k_aux`` pre-activations must explain what the SAE missed.
 
         ``residual`` is ``x - x_hat`` (detached). Normalised by the residual's variance, so the loss
-        is a fraction of variance unexplained (arXiv 2406.04093, appendix A.2).
+        is a fraction of variance unexplained (arXiv 2406.04093, appendix A.2). ``spread`` replaces
+        the residual's own ``Σ‖r − mean‖²`` (data-parallel training passes the whole minibatch's).
         """
         n_dead = int(dead.sum())
         if n_dead == 0 or k_aux < 1:
@@ -135,7 +137,8 @@ class TopKSAE(SparseAutoencoderModule):
         masked = pre.masked_fill(~dead, -math.inf)
         values, index = masked.topk(min(k_aux, n_dead), dim=-1)
         estimate = self.decode_sparse(values.relu(), index, bias=False)
-        spread = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
+        if spread is None:
+            spread = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
         return (estimate - residual).pow(2).sum() / spread
 
 

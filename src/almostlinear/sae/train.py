@@ -23,6 +23,7 @@ import torch
 from ..core.artifact import Provenance, Where
 from ..core.errors import EmptyDataError, ShapeError, check_choice
 from .artifact import ACTIVATIONS, SparseAutoencoder
+from . import parallel
 from .autoencoder import ReluSAE, SparseAutoencoderModule, TopKSAE, check_activations, check_width
 
 AUX_COEF = 1 / 32  # arXiv 2406.04093, appendix A.2
@@ -38,6 +39,14 @@ class TrainingLog:
     dead: list[float] = field(default_factory=list)
 
 
+def _parallel(group) -> bool:
+    if group is None:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
 def default_lr(width: int) -> float:
     # arXiv 2406.04093 scales the learning rate as 1/sqrt(width) from 2e-4 at 2^14 latents.
     return min(2e-3, 2e-4 * math.sqrt(2 ** 14 / width))
@@ -49,7 +58,7 @@ class SAETrainer:
     def __init__(self, d: int, width: int, *, activation: str = "topk", k: int = 32, l1: float = 5.0,
                  lr: float | None = None, batch_size: int = 512, buffer_tokens: int = 8192,
                  dead_tokens: int = 100_000, k_aux: int | None = None, aux_coef: float = AUX_COEF,
-                 seed: int = 0, device: str | torch.device = "cpu") -> None:
+                 seed: int = 0, device: str | torch.device = "cpu", process_group=None) -> None:
         check_width(d, width)
         check_choice(activation, ACTIVATIONS, "SAE activation")
         if activation == "topk":
@@ -74,6 +83,9 @@ class SAETrainer:
         self.since_fired = torch.zeros(width, dtype=torch.long, device=self.device)
         self.log = TrainingLog()
         self.reset_stats()
+        # Data-parallel training: every rank holds the same SAE (same seed) and steps on its share
+        # of each minibatch; ``None`` (or a world of one) is ordinary training.
+        self.process_group = process_group if _parallel(process_group) else None
 
     # -- statistics of the latents, for their typical strength ----------------------------------
 
@@ -83,8 +95,14 @@ class SAETrainer:
         self.stat_tokens = 0
 
     def _initialise(self, x: torch.Tensor) -> None:
-        mean = x.double().mean(0)
-        spread = (x.double() - mean).pow(2).sum(-1).mean()
+        if self.process_group is not None:  # the scale and b_dec of every rank's first rows together
+            ((total, mean, m2),) = parallel.pooled_moments([x], self.process_group)
+            if total == 0:
+                raise EmptyDataError("no rank had activations to set the SAE's input scale from")
+            spread = m2 / total
+        else:
+            mean = x.double().mean(0)
+            spread = (x.double() - mean).pow(2).sum(-1).mean()
         if spread == 0:
             raise EmptyDataError("the activations have no variance: nothing for an SAE to learn")
         self.scale = float(math.sqrt(self.d / spread))
@@ -94,7 +112,12 @@ class SAETrainer:
     # -- training ----------------------------------------------------------------------------
 
     def step(self, x: torch.Tensor) -> float:
-        """One optimiser step on a minibatch ``[n, d]`` in site units; returns the batch FVU."""
+        """One optimiser step on a minibatch ``[n, d]`` in site units; returns the batch FVU.
+
+        Data-parallel: every rank calls ``step`` together with its share of the minibatch (any
+        number of rows, none included); the step is that of the union minibatch."""
+        if self.process_group is not None:
+            return self._parallel_step(x)
         if self.scale is None:
             self._initialise(x)
         x = (x.to(self.device, torch.float32)) * self.scale
@@ -142,16 +165,89 @@ class SAETrainer:
         self.log.dead.append(float(dead.double().mean()))
         return batch_fvu
 
+    def _parallel_step(self, x: torch.Tensor) -> float:
+        group = self.process_group
+        if self.scale is None:
+            self._initialise(x)
+        x = (x.to(self.device, torch.float32)) * self.scale
+        sparse = isinstance(self.sae, TopKSAE)
+        if sparse:
+            x_hat, values, index, pre = self.sae.sparse_forward(x)
+            z = None
+        else:
+            x_hat, z, pre = self.sae(x)
+        err = x - x_hat
+        (total, _, spread_x), (_, _, spread_err) = parallel.pooled_moments([x, err], group)
+        if total == 0:
+            raise EmptyDataError("a data-parallel step where no rank had rows: give some rank activations")
+        rows = x.shape[0]
+        # This rank's share of the union minibatch's loss: sums over its rows divided by the union's
+        # count, so that the gradients summed over ranks are the union's.
+        loss = err.pow(2).sum() / (total * self.d)
+        if z is not None and rows:
+            loss = loss + self.sae.sparsity_loss(z) * (rows / total) / self.d
+        dead = self.since_fired >= self.dead_tokens
+        if sparse and bool(dead.any()):
+            spread = spread_err.clamp_min(1e-12).to(pre.dtype)
+            loss = loss + self.aux_coef * self.sae.aux_loss(pre, err.detach(), dead, self.k_aux, spread=spread)
+        self.optimiser.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+        parallel.sum_gradients_(list(self.sae.parameters()), group)
+        self.sae.project_decoder_grad_()
+        self.optimiser.step()
+        self.sae.normalise_decoder_()
+        with torch.no_grad():
+            counts = torch.zeros(self.width, dtype=torch.float64, device=self.device)
+            strength = torch.zeros(self.width, dtype=torch.float64, device=self.device)
+            if sparse:
+                active = values > 0
+                counts.index_add_(0, index[active], torch.ones_like(values[active], dtype=torch.float64))
+                strength.index_add_(0, index[active], values[active].double())
+            else:
+                counts += (z != 0).sum(0).double()
+                strength += z.sum(0).double()
+            squared = err.double().pow(2).sum().reshape(1)
+            summed = parallel.sum_across(torch.cat([counts, strength, squared]), group)
+            counts, strength, squared = summed[:self.width], summed[self.width:2 * self.width], summed[-1]
+            self.activation_sum += strength
+            self.since_fired += total
+            self.since_fired[counts > 0] = 0
+            self.fired += counts
+            self.stat_tokens += total
+            batch_fvu = float(squared / spread_x.clamp_min(1e-12))
+            l0 = float(counts.sum() / total)
+        self.tokens += total
+        self.log.tokens.append(self.tokens)
+        self.log.fvu.append(batch_fvu)
+        self.log.l0.append(l0)
+        self.log.dead.append(float(dead.double().mean()))
+        return batch_fvu
+
     def _train_on(self, rows: torch.Tensor) -> None:
+        if self.process_group is not None:  # every rank takes as many steps as the fullest one
+            steps = parallel.max_across(rows.shape[0] // self.batch_size, self.process_group)
+            for i in range(steps):
+                self.step(rows[i * self.batch_size:(i + 1) * self.batch_size])
+            return
         for start in range(0, rows.shape[0] - self.batch_size + 1, self.batch_size):
             self.step(rows[start:start + self.batch_size])
 
+    def _buffered_anywhere(self) -> int:
+        """This rank's buffered rows, or data-parallel the most any rank holds (a collective)."""
+        if self.process_group is None:
+            return self.buffered
+        return parallel.max_across(self.buffered, self.process_group)
+
     def update(self, x: torch.Tensor) -> None:
-        """Add activations ``[n, d]``; trains whenever the buffer fills."""
+        """Add activations ``[n, d]``; trains whenever the buffer fills.
+
+        Data-parallel every rank calls ``update`` together (a rank without data passes ``[0, d]``):
+        training starts when any rank's buffer is full."""
         check_activations(x, self.d)
         self.buffer.append(x.detach().to(self.device, torch.float32))
         self.buffered += x.shape[0]
-        if self.buffered >= self.buffer_tokens:
+        if self._buffered_anywhere() >= self.buffer_tokens:
             rows = self._shuffled()
             half = max(self.batch_size, (rows.shape[0] // 2) // self.batch_size * self.batch_size)
             if self.scale is None:
@@ -160,19 +256,22 @@ class SAETrainer:
             self.buffer, self.buffered = [rows[half:]], rows.shape[0] - half
 
     def _shuffled(self) -> torch.Tensor:
-        rows = torch.cat(self.buffer)
+        rows = torch.cat(self.buffer) if self.buffer else torch.zeros(0, self.d, device=self.device)
         return rows[torch.randperm(rows.shape[0], generator=self.generator).to(rows.device)]
 
     def flush(self) -> None:
         """Train on what is left in the buffer (the last partial minibatch too)."""
-        if not self.buffered:
+        if not self._buffered_anywhere():
             return
         rows = self._shuffled()
         if self.scale is None:
             self._initialise(rows)
         full = rows.shape[0] // self.batch_size * self.batch_size
         self._train_on(rows[:full])
-        if rows.shape[0] - full >= 2:
+        left = rows.shape[0] - full
+        if self.process_group is not None:
+            left = int(parallel.sum_across(torch.tensor([left]), self.process_group).item())
+        if left >= 2:
             self.step(rows[full:])
         self.buffer, self.buffered = [], 0
 
@@ -246,12 +345,16 @@ def train_sae(model, tokenizer, texts: Sequence[str], site, width: int, *, activ
               buffer_tokens: int = 8192, dead_tokens: int = 100_000, seed: int = 0, text_batch_size: int = 8,
               max_length: int = 128, structure=None, model_fingerprint: str | None = None,
               data_hash: str | None = None, progress: bool = False, device: str | torch.device | None = None,
-              on_step: Callable[[SAETrainer], None] | None = None) -> SparseAutoencoder:
+              on_step: Callable[[SAETrainer], None] | None = None, process_group=None) -> SparseAutoencoder:
     """Stream activations at ``site`` over ``texts`` (first token of each text skipped: it is an
     attention sink with an outlying norm) and train an SAE on them in one pass.
 
     The SAE trains on ``device`` (default: where the model takes its inputs, so a model on a GPU
-    trains its SAE there without a round trip of every batch through the CPU)."""
+    trains its SAE there without a round trip of every batch through the CPU).
+
+    With ``process_group`` (under torchrun: ``torch.distributed.group.WORLD``) every rank passes the
+    same ``texts`` and reads its own block of them; the ranks train one SAE data-parallel and all
+    return it. ``max_tokens`` is then the total over the ranks, each reading at most its share."""
     from ..core.collect import model_device, stream
     from ..core.locate import locate
     from ..core.sites import as_sites
@@ -261,19 +364,24 @@ def train_sae(model, tokenizer, texts: Sequence[str], site, width: int, *, activ
     d = chosen.width(structure)
     trainer = SAETrainer(d, width, activation=activation, k=k, l1=l1, lr=lr, batch_size=batch_size,
                          buffer_tokens=buffer_tokens, dead_tokens=dead_tokens, seed=seed,
-                         device=model_device(model) if device is None else device)
+                         device=model_device(model) if device is None else device, process_group=process_group)
     bar = _bar(len(texts), f"training an SAE at {chosen}", progress)
-    for batch in stream(model, tokenizer, texts, chosen, batch_size=text_batch_size, max_length=max_length,
-                        skip_first=True, structure=structure, progress=bar.update if bar else None):
-        acts = batch.activations[chosen].float()
-        if max_tokens is not None:
-            acts = acts[: max(0, max_tokens - trainer.tokens - trainer.buffered)]
-        if acts.shape[0]:
-            trainer.update(acts)
-        if on_step is not None:
-            on_step(trainer)
-        if max_tokens is not None and trainer.tokens + trainer.buffered >= max_tokens:
-            break
+    batches = stream(model, tokenizer, texts, chosen, batch_size=text_batch_size, max_length=max_length,
+                     skip_first=True, structure=structure, progress=bar.update if bar else None,
+                     shard=_shard(trainer.process_group))
+    if trainer.process_group is not None:
+        _train_parallel(trainer, batches, chosen, max_tokens, on_step)
+    else:
+        for batch in batches:
+            acts = batch.activations[chosen].float()
+            if max_tokens is not None:
+                acts = acts[: max(0, max_tokens - trainer.tokens - trainer.buffered)]
+            if acts.shape[0]:
+                trainer.update(acts)
+            if on_step is not None:
+                on_step(trainer)
+            if max_tokens is not None and trainer.tokens + trainer.buffered >= max_tokens:
+                break
     if bar is not None:
         bar.close()
     provenance = Provenance(model_fingerprint=model_fingerprint, where=Where.at(str(chosen)),
@@ -281,3 +389,31 @@ def train_sae(model, tokenizer, texts: Sequence[str], site, width: int, *, activ
                             extra={"width": width, "k": k if activation == "topk" else None,
                                    "l1": l1 if activation == "relu" else None})
     return trainer.result(provenance=provenance)
+
+
+def _shard(group) -> tuple[int, int] | None:
+    if group is None:
+        return None
+    import torch.distributed as dist
+
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _train_parallel(trainer: SAETrainer, batches, site, max_tokens: int | None, on_step) -> None:
+    """Feed every rank's stream to the trainer in lock-step: a rank whose block ran out (or that
+    reached its share of ``max_tokens``) passes empty batches until no rank has data left."""
+    group = trainer.process_group
+    share = None if max_tokens is None else -(-max_tokens // parallel.world_of(group))
+    read = 0
+    empty = torch.zeros(0, trainer.d)
+    while True:
+        batch = next(batches, None) if share is None or read < share else None
+        acts = empty if batch is None else batch.activations[site].float()
+        if share is not None:
+            acts = acts[: max(0, share - read)]
+        if parallel.max_across(int(batch is not None), group) == 0:
+            break
+        read += acts.shape[0]
+        trainer.update(acts.to(trainer.device))
+        if on_step is not None:
+            on_step(trainer)
