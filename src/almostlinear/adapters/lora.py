@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..core.paths import follow_umask
+from ..core.paths import replace_files
 from ..core.errors import AlmostLinearError, ArtifactError, NonFiniteError, ShapeError
 from ..core.lever import Baked, as_model, bake_weights, check_strength, temporarily_changed
 
@@ -220,21 +219,8 @@ def write_peft(adapter: LoraAdapter, folder: str | os.PathLike, *, dtype: torch.
         "rank_pattern": {n: r for n, r in ranks.items() if r != common},
         "alpha_pattern": {n: r for n, r in ranks.items() if r != common},
     })
-    folder.mkdir(parents=True, exist_ok=True)
-    temps = {}
-    try:
-        # both files are complete on disk before either replaces an older adapter's, so a failure
-        # cannot pair new weights with an old config (ranks and scales would silently disagree)
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            fd, temps[name] = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-            os.close(fd)
-        save_file(tensors, temps[WEIGHTS_NAME], metadata={"format": "pt"})
-        Path(temps[CONFIG_NAME]).write_text(json.dumps(config, indent=2))
-        for name, tmp in temps.items():
-            follow_umask(tmp)
-            os.replace(tmp, folder / name)
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return folder
+    # both files are complete on disk before either replaces an older adapter's
+    return replace_files(folder, {
+        WEIGHTS_NAME: lambda path: save_file(tensors, path, metadata={"format": "pt"}),
+        CONFIG_NAME: lambda path: Path(path).write_text(json.dumps(config, indent=2)),
+    })

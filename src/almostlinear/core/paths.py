@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 CACHE_ENV = "ALMOSTLINEAR_CACHE"
@@ -48,3 +50,27 @@ def follow_umask(path: str | os.PathLike) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+def replace_files(folder: str | os.PathLike, writers: Mapping[str, Callable[[str], None]]) -> Path:
+    """Call each ``writer(temporary_path)``, then rename every temporary file to its name in ``folder``.
+
+    All files are complete on disk before the first rename, so a failure never pairs new weights
+    with an older config (ranks and scales would silently disagree). Files follow the umask.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: dict[str, str] = {}
+    try:
+        for name, write in writers.items():
+            fd, temps[name] = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+            os.close(fd)
+            write(temps[name])
+        for name, tmp in temps.items():
+            follow_umask(tmp)
+            os.replace(tmp, folder / name)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return folder
