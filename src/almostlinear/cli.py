@@ -7,13 +7,17 @@ import json
 import os
 import sys
 
-from .clitools import (device, output_folder, positive_int, progress_bar, say, set_threads, text_file,
+from .clitools import (device, input_file, output_folder, positive_int, progress_bar, say, set_threads,
+                       restore_library_progress, setup_progress, show_progress, text_file,
                        word_list)
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import run_audit
+    from .distributed.group import init_from_environment, local_device
 
     set_threads(args.threads)
+    if init_from_environment(args.device):  # launched by torchrun: one rank of several
+        args.device = local_device(args.device)
     sections = args.sections or None
     texts = None
     if args.texts:
@@ -27,7 +31,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     report = run_audit(args.model, out=args.out, quick=args.quick, device=args.device, sections=sections,
                        seed=args.seed, texts=texts, progress=say, progress_bar=progress_bar, dtype=args.dtype,
                        device_map=_device_map(args.device_map), max_memory=_max_memory(args.max_memory),
-                       offload_folder=args.offload_folder, random_weights=args.random_weights)
+                       offload_folder=args.offload_folder, random_weights=args.random_weights,
+                       apply=args.apply or None)
+    if "rank" in report.report:  # another rank of a torchrun audit: it served passes; rank 0 reports
+        return 0
     print(report.summary())
     print(f"wrote {os.path.join(args.out, 'report.json')} and {os.path.join(args.out, 'report.html')}")
     failed = [s.id for s in report.sections if s.status == "failed"]
@@ -35,6 +42,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"sections that failed: {', '.join(failed)} (see the report's notes)", file=sys.stderr)
         return 1
     return 0
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .audit.compare import compare_reports
+
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.b)), "compare")
+    comparison = compare_reports(args.a, args.b, out=out)
+    print(comparison.summary())
+    print(f"wrote {os.path.join(out, 'compare.json')} and {os.path.join(out, 'compare.html')}")
+    return 0
+
 
 def _device_map(text: str | None):
     """``auto`` (or another accelerate strategy, or a device) as is; a JSON object as a module → device map."""
@@ -111,7 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--offload-folder", default=None, help="with --device-map: where weights go on the disk tier")
     audit.add_argument("--random-weights", action="store_true",
                        help="build the architecture from its config with random weights (timing runs)")
+    audit.add_argument("--apply", default=None, nargs="+", action="extend", type=input_file, metavar="FILE",
+                       help="lever files (edits, steering vectors, task vectors, erasers, ...) applied to the "
+                            "model while it is audited, in the order given; the model is restored afterwards")
     audit.set_defaults(func=cmd_audit)
+
+    compare = sub.add_parser("compare", help="two audits side by side: metric deltas, overlaid curves, "
+                                             "scorecard changes")
+    compare.add_argument("a", type=input_file, metavar="A/report.json", help="the first audit (the baseline)")
+    compare.add_argument("b", type=input_file, metavar="B/report.json", help="the second audit")
+    compare.add_argument("--out", default=None, type=output_folder,
+                         help="folder for compare.json and compare.html (default: 'compare' beside B)")
+    compare.set_defaults(func=cmd_compare)
 
     models = sub.add_parser("models", help="list the models available offline")
     models.add_argument("--json", action="store_true")
@@ -122,7 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     # Every family's commands, from the manifest; their heavy imports happen inside the commands.
     for module in cli_modules():
         importlib.import_module(module).register(sub)
+    _add_quiet(parser)
     return parser
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    """Every command (``steer fit`` as well as ``audit``) takes ``--quiet``; some define their own."""
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in nested:
+        for command in action.choices.values():
+            _add_quiet(command)
+    if not nested and "--quiet" not in parser._option_string_actions:
+        parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -132,8 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     # Commands choose torch's thread count; when run in-process (tests, notebooks) put the caller's back.
     torch = sys.modules.get("torch")
     threads_before = torch.get_num_threads() if torch is not None else None
+    from .core import progress
+
     try:
-        return args.func(args)
+        with progress.configured():  # in-process callers get their own settings back
+            quiet = getattr(args, "quiet", False)
+            setup_progress(quiet)
+            if getattr(args, "progress", None) is False and show_progress(quiet):
+                args.progress = True  # commands with a --progress flag show their bars on a terminal anyway
+            try:
+                return args.func(args)
+            finally:
+                if getattr(args, "quiet", False):
+                    restore_library_progress()
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -17,22 +17,62 @@ from typing import Any
 
 
 def say(message: str) -> None:
-    """A progress line on standard error (standard output stays for results)."""
-    print(f"· {message}", file=sys.stderr, flush=True)
+    """A progress line on standard error (standard output stays for results); ``--quiet`` silences it."""
+    from .core import progress
+
+    progress.note(message)
+
+
+def setup_progress(quiet: bool = False) -> None:
+    """Progress bars on when standard error is a terminal, unless ``--quiet``; status lines unless ``--quiet``.
+
+    ``--quiet`` also silences the bars of the libraries underneath (transformers' weight loading)."""
+    from .core import progress
+
+    progress.configure(enabled=not quiet and _is_terminal(sys.stderr), quiet=quiet)
+    if quiet:
+        try:
+            from transformers.utils import logging as hf_logging
+        except ImportError:  # pragma: no cover - transformers is a dependency
+            return
+        hf_logging.disable_progress_bar()
+
+
+def restore_library_progress() -> None:
+    """Undo :func:`setup_progress`'s silencing of other libraries (for in-process callers)."""
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        transformers_logging.enable_progress_bar()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def show_progress(quiet: bool = False, asked: bool = False) -> bool:
+    """Whether a command's own bars (``progress=``) should draw: asked for, or a terminal; never with ``--quiet``."""
+    return not quiet and (asked or _is_terminal(sys.stderr))
 
 
 def set_threads(value: int | None) -> None:
-    """Set torch's thread count deliberately (default: all cores); the caller's is restored by ``main``."""
+    """Set torch's thread count deliberately (default: all cores, or under torchrun this process's
+    share of them); the caller's is restored by ``main``."""
     import torch
 
+    from .core.threads import default_threads
+
     # BLAS defaults can oversubscribe small machines and slow small solves.
-    torch.set_num_threads(value or max(1, os.cpu_count() or 1))
+    torch.set_num_threads(value or default_threads())
 
 
 def progress_bar(total: int, description: str, unit: str = "text"):
-    from tqdm.auto import tqdm
+    """A counter with an estimate (:mod:`almostlinear.core.progress`); silent unless progress is on."""
+    from .core import progress
 
-    return tqdm(total=total, desc=description, unit=unit, file=sys.stderr)
+    return progress.bar(total, description, unit)
 
 
 def load_model(name: str | Any | None = None, **options: Any):

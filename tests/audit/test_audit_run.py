@@ -27,7 +27,7 @@ def _texts():
 
 def _check_schema(report: dict) -> None:
     assert report["schema_version"] == SCHEMA_VERSION
-    assert set(report["model"]) >= {"name", "path", "kind", "fingerprint", "structure"}
+    assert set(report["model"]) >= {"name", "source", "kind", "fingerprint", "structure"} and "path" not in report["model"]
     for section in report["sections"]:
         assert set(section) >= {"id", "title", "status", "metrics", "figures", "notes"}
         for metric in section["metrics"]:

@@ -11,4 +11,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "registry": ("SECTIONS", "make_sections", "section_ids"),
     "run": ("AuditReport", "run_audit"),
     "plan": ("run_sections",),
+    "compare": ("compare_reports",),
+    "scorecard": ("CLAIMS", "score"),
+    "schema": ("report_schema",),
 })

@@ -24,8 +24,11 @@ class ModelCard(Section):
             Metric("tied_embeddings", int(s.tied_embeddings), "bool"),
         ]
         summary = s.summary()
+        from .run import model_source
+
+        # The source as a kind, not a path: reports are shared, and a path names the user's machine.
         result.notes += [f"{ctx.loaded.name}: {type(ctx.loaded.model).__name__} ({s.model_type}), "
-                         f"fingerprint {ctx.loaded.fingerprint}, loaded from {ctx.loaded.path}."]
+                         f"fingerprint {ctx.loaded.fingerprint}, source: {model_source(ctx.loaded)}."]
         result.notes += [f"{key}: {value}" for key, value in summary.items() if key != "notes"]
         result.notes += list(s.notes)
         return result

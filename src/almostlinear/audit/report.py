@@ -1,5 +1,5 @@
 """Render an audit: ``report.json``, a self-contained ``report.html`` with inline SVG plots, and a
-terminal summary. Files are written to temporary names and renamed, so a failure never leaves a
+terminal summary; each opens with the scorecard (:mod:`.scorecard`). Files are written to temporary names and renamed, so a failure never leaves a
 half-written report in place of a good one."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 
 from ..core.paths import follow_umask
+from ..core.progress import duration
 from ..core.report import Figure, Metric, SectionResult
-
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+from .plots import svg_plot
 
 
 def format_value(value, unit: str = "") -> str:
@@ -43,10 +43,30 @@ def summary_metrics(section: SectionResult) -> list[Metric]:
     return [m for m in section.metrics if m.layer is None]
 
 
+VERDICT_MARK = {"holds": "✓", "partly": "◐", "fails": "✗", "not tested": "–"}
+
+
+def _scorecard_value(row: dict) -> str:
+    if row["value"] is None:
+        return "—"
+    return f"{format_value(row['value'], row['unit'])} {row['unit']}".strip()
+
+
 def terminal_summary(report: dict, sections: list[SectionResult], width: int = 110) -> str:
     lines = [f"almostlinear audit of {report['model']['name']} ({report['model']['fingerprint']})", ""]
+    card = report.get("scorecard")
+    if card:
+        lines.append("== Scorecard")
+        rows = [(f"{VERDICT_MARK[r['verdict']]} {r['verdict']}", r["claim"], _scorecard_value(r),
+                 f"{r['literature']} ({r['source']})" if r["source"] else r["literature"]) for r in card["rows"]]
+        header = ("verdict", "claim", "this model", "literature")
+        widths = [min(max(len(str(r[i])) for r in [header, *rows]), cap) for i, cap in enumerate((14, 54, 22, 60))]
+        for row in [header, *rows]:
+            lines.append("  " + "  ".join(str(c)[: widths[i]].ljust(widths[i]) for i, c in enumerate(row)).rstrip())
+        lines.append("  · " + _wrap("rule: " + card["rule"], width - 4, "    "))
+        lines.append("")
     for section in sections:
-        lines.append(f"== {section.title} [{section.status}]")
+        lines.append(f"== {section.title} [{section.status}, {duration(section.elapsed_s)}]")
         rows = [(m.name, format_value(m.value, m.unit), m.unit, format_reference(m.reference), m.source or "")
                 for m in summary_metrics(section)]
         if rows:
@@ -76,106 +96,166 @@ def _wrap(text: str, width: int, indent: str) -> str:
     return ("\n" + indent).join(lines)
 
 
-def svg_plot(figure: Figure, width: int = 640, height: int = 300) -> str:
-    """A line plot as inline SVG: no plotting library needed to read the report."""
-    left, right, top, bottom = 56, 170, 28, 40
-    points = [(x, y) for s in figure.series for x, y in zip(s.x, s.y) if y is not None]
-    if not points:
-        return "<p>(no data)</p>"
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    if figure.reference is not None:
-        ys.append(figure.reference)
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if y1 - y0 < 1e-12:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    pad = 0.05 * (y1 - y0)
-    y0, y1 = y0 - pad, y1 + pad
-    x1 = x1 if x1 > x0 else x0 + 1
-    sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
-    sy = lambda y: top + (1 - (y - y0) / (y1 - y0)) * (height - top - bottom)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'role="img" aria-label="{html.escape(figure.title)}" font-family="sans-serif" font-size="11">',
-             f'<text x="{left}" y="16" font-size="13" font-weight="bold">{html.escape(figure.title)}</text>',
-             f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
-             'fill="none" stroke="#999"/>']
-    for i in range(5):
-        value = y0 + (y1 - y0) * i / 4
-        y = sy(value)
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{value:.3g}</text>')
-    for i in range(6):
-        value = x0 + (x1 - x0) * i / 5
-        parts.append(f'<text x="{sx(value):.1f}" y="{height - bottom + 14}" text-anchor="middle">{value:.0f}</text>')
-    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle">'
-                 f'{html.escape(figure.x_label)}</text>')
-    parts.append(f'<text x="12" y="{(top + height - bottom) / 2}" text-anchor="middle" '
-                 f'transform="rotate(-90 12 {(top + height - bottom) / 2})">{html.escape(figure.y_label)}</text>')
-    if figure.reference is not None:
-        y = sy(figure.reference)
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#444" '
-                     'stroke-dasharray="5,4"/>')
-    legend_y = top + 10
-    for i, series in enumerate(figure.series):
-        colour = PALETTE[i % len(PALETTE)]
-        coords = [f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(series.x, series.y) if y is not None]
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(coords)}"/>')
-        parts += [f'<circle cx="{c.split(",")[0]}" cy="{c.split(",")[1]}" r="2.2" fill="{colour}"/>' for c in coords]
-        parts.append(f'<line x1="{width - right + 10}" x2="{width - right + 28}" y1="{legend_y}" y2="{legend_y}" '
-                     f'stroke="{colour}" stroke-width="2"/>')
-        parts.append(f'<text x="{width - right + 32}" y="{legend_y + 4}">{html.escape(series.name)}</text>')
-        legend_y += 16
-    if figure.reference is not None:
-        parts.append(f'<line x1="{width - right + 10}" x2="{width - right + 28}" y1="{legend_y}" y2="{legend_y}" '
-                     'stroke="#444" stroke-dasharray="5,4"/>')
-        parts.append(f'<text x="{width - right + 32}" y="{legend_y + 4}">literature</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em}td,th{border-bottom:1px solid #ddd;padding:3px 10px;text-align:left}
-th{background:#f4f4f4}.status-failed{color:#b00}.status-skipped{color:#888}.note{color:#444;margin:.2em 0}
-details{margin:.3em 0 1em}code{background:#f4f4f4;padding:1px 3px}
+STYLE = """
+:root{--ink:#1d1d1f;--muted:#5f6368;--line:#e2e2e2;--head:#f5f6f7}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1120px;margin:2em auto;padding:0 1.2em;
+color:var(--ink);line-height:1.45}
+h1{margin-bottom:.2em}h2{margin-top:2.2em;padding-top:.4em;border-top:2px solid var(--line)}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.94em}
+td,th{border-bottom:1px solid var(--line);padding:4px 10px;text-align:left;vertical-align:top}
+th{background:var(--head);font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.meta{color:var(--muted)}.note{color:#3c4043;margin:.25em 0}.rule{color:var(--muted);font-size:.88em}
+.status-ok{color:#00734d}.status-failed{color:#b3261e;font-weight:600}.status-skipped{color:var(--muted)}
+.verdict{display:inline-block;min-width:6.5em;padding:1px 8px;border-radius:10px;font-weight:600;font-size:.9em}
+.verdict-holds{background:#d7f0e5;color:#00573a}.verdict-partly{background:#fbeacc;color:#7a4b00}
+.verdict-fails{background:#f8d9d6;color:#8c1d18}.verdict-not-tested{background:#eceff1;color:#5f6368}
+nav.toc ol{columns:2;column-gap:2.5em;padding-left:1.4em}nav.toc li{margin:.1em 0;break-inside:avoid}
+nav.toc .time{color:var(--muted);font-size:.88em}
+details{margin:.4em 0 1em}summary{cursor:pointer;color:#1a57a6}code{background:var(--head);padding:1px 4px}
+figure{margin:1em 0}svg.plot{max-width:100%;height:auto;display:block}svg .point{cursor:crosshair}
+.small{font-size:.86em}
 """
+
+
+def _verdict(verdict: str) -> str:
+    slug = verdict.replace(" ", "-")
+    return f"<span class='verdict verdict-{slug}'>{VERDICT_MARK[verdict]} {html.escape(verdict)}</span>"
+
+
+def _scorecard_html(card: dict) -> list[str]:
+    out = ["<section id='scorecard'><h2 style='border:0;margin-top:1em'>Scorecard</h2>",
+           "<table class='scorecard'><tr><th>claim</th><th>this model</th><th>literature</th><th>source</th>"
+           "<th>verdict</th><th>rule</th></tr>"]
+    for row in card["rows"]:
+        note = f"<div class='rule'>{html.escape(row['note'])}</div>" if row["note"] else ""
+        out.append(f"<tr data-claim='{html.escape(row['id'])}' data-verdict='{html.escape(row['verdict'])}'>"
+                   f"<td><a href='#{html.escape(row['section'])}'>{html.escape(row['claim'])}</a>{note}</td>"
+                   f"<td class='num'>{html.escape(_scorecard_value(row))}"
+                   f"<div class='rule'>{html.escape(row['metric'])}</div></td>"
+                   f"<td>{html.escape(row['literature'])}</td><td>{html.escape(row['source'])}</td>"
+                   f"<td>{_verdict(row['verdict'])}</td><td class='rule'>{html.escape(row['rule'])}</td></tr>")
+    out.append("</table>")
+    out.append(f"<p class='rule'><b>How the verdicts are made.</b> {html.escape(card['rule'])}</p></section>")
+    return out
+
+
+def _flatten(settings: dict, prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for key, value in settings.items():
+        name = f"{prefix}{key}".replace("_", " ")
+        if isinstance(value, dict) and value:
+            rows += _flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            rows += [(f"{name} {i + 1}", ", ".join(f"{k}: {v}" for k, v in item.items())) for i, item in enumerate(value)]
+        elif isinstance(value, list):
+            rows.append((name, ", ".join(map(str, value)) or "none"))
+        else:
+            rows.append((name, "—" if value is None else str(value)))
+    return rows
+
+
+def _settings_html(report: dict) -> list[str]:
+    model = report["model"]
+    rows = [("model", model["name"]), ("source", model.get("source", "")), ("kind", model["kind"]),
+            ("fingerprint", model["fingerprint"])] + _flatten(report["settings"])
+    out = ["<details id='settings'><summary>Settings and model</summary><table>"]
+    out += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows]
+    out.append("</table></details>")
+    return out
+
+
+def _toc_html(sections: list[SectionResult]) -> list[str]:
+    out = ["<nav class='toc' id='contents'><h2 style='border:0;margin-top:1em'>Contents</h2><ol>"]
+    for s in sections:
+        out.append(f"<li><a href='#{html.escape(s.id)}'>{html.escape(s.title)}</a> "
+                   f"<span class='status-{s.status}'>{s.status}</span> "
+                   f"<span class='time'>{duration(s.elapsed_s)}</span></li>")
+    out.append("</ol></nav>")
+    return out
+
+
+def per_layer_table(metrics: list[Metric]) -> list[str]:
+    """Per-layer metrics as one table: a row per layer, a column per metric."""
+    names = list(dict.fromkeys(m.name for m in metrics))
+    layers = sorted({m.layer for m in metrics})
+    cell = {(m.name, m.layer): format_value(m.value, m.unit) for m in metrics}
+    units = {m.name: m.unit for m in metrics}
+    out = [f"<details><summary>per-layer values ({len(names)} metrics × {len(layers)} layers)</summary>"
+           "<div style='overflow-x:auto'><table class='small'><tr><th>layer</th>"]
+    out += [f"<th>{html.escape(n)}<br><span class='rule'>{html.escape(units[n])}</span></th>" for n in names]
+    out.append("</tr>")
+    for layer in layers:
+        out.append(f"<tr><td class='num'>{layer}</td>"
+                   + "".join(f"<td class='num'>{cell.get((n, layer), '')}</td>" for n in names) + "</tr>")
+    out.append("</table></div></details>")
+    return out
+
+
+def _reference_label(section: SectionResult, figure: Figure) -> Figure:
+    """Name an unnamed reference line: "chance" when the section reports a chance level of that value,
+    else the literature with its source when a metric gives that value as its reference."""
+    import dataclasses
+
+    if figure.reference is None or figure.reference_label:
+        return figure
+    same = lambda value: isinstance(value, (int, float)) and abs(value - figure.reference) < 1e-9  # noqa: E731
+    for m in section.metrics:
+        if "chance" in m.name and same(m.value):
+            return dataclasses.replace(figure, reference_label="chance")
+    for m in section.metrics:
+        if m.source and not isinstance(m.reference, bool) and same(m.reference):
+            return dataclasses.replace(figure, reference_label=f"literature, {m.source}")
+    return figure
+
+
+def _section_html(section: SectionResult) -> list[str]:
+    out = [f"<section><h2 id='{html.escape(section.id)}'>{html.escape(section.title)} "
+           f"<small class='status-{section.status}'>[{section.status}]</small> "
+           f"<small class='meta'>{duration(section.elapsed_s)}</small></h2>"]
+    rows = summary_metrics(section)
+    if rows:
+        out.append("<table><tr><th>metric</th><th>value</th><th>unit</th><th>literature</th>"
+                   "<th>source</th><th>note</th></tr>")
+        for m in rows:
+            out.append(f"<tr><td>{html.escape(m.name)}</td><td class='num'>{format_value(m.value, m.unit)}</td>"
+                       f"<td>{html.escape(m.unit)}</td><td>{html.escape(format_reference(m.reference))}</td>"
+                       f"<td>{html.escape(m.source or '')}</td><td class='small'>{html.escape(m.note or '')}</td></tr>")
+        out.append("</table>")
+    for figure in section.figures:
+        out.append(f"<figure id='fig-{html.escape(section.id)}-{html.escape(figure.id)}'>"
+                   f"{svg_plot(_reference_label(section, figure))}</figure>")
+    for note in section.notes:
+        if "\n" in note:
+            out.append(f"<details><summary>details</summary><pre>{html.escape(note)}</pre></details>")
+        else:
+            out.append(f"<p class='note'>{html.escape(note)}</p>")
+    per_layer = [m for m in section.metrics if m.layer is not None]
+    if per_layer:
+        out += per_layer_table(per_layer)
+    out.append("</section>")
+    return out
 
 
 def render_html(report: dict, sections: list[SectionResult]) -> str:
     model = report["model"]
-    out = ["<!doctype html><html><head><meta charset='utf-8'>",
-           f"<title>almostlinear audit: {html.escape(model['name'])}</title><style>{_STYLE}</style></head><body>",
+    applied = report["settings"].get("applied") or []
+    with_levers = (f" with {len(applied)} lever(s) applied ({', '.join(a['file'] for a in applied)})"
+                   if applied else "")
+    out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+           "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+           f"<title>almostlinear audit: {html.escape(model['name'])}</title><style>{STYLE}</style></head><body>",
            f"<h1>How linear is {html.escape(model['name'])}?</h1>",
-           f"<p>Fingerprint <code>{html.escape(model['fingerprint'])}</code>; almostlinear "
-           f"{html.escape(report['tool']['version'])}; {html.escape(report['created'])}; "
-           f"{report['elapsed_s']:.0f} s; settings <code>{html.escape(json.dumps(report['settings']))}</code>.</p>"]
+           f"<p class='meta'>{html.escape(model['kind'])} model ({html.escape(model.get('source', ''))}), "
+           f"fingerprint <code>{html.escape(model['fingerprint'])}</code>{html.escape(with_levers)}; "
+           f"almostlinear {html.escape(report['tool']['version'])}; {html.escape(report['created'])}; "
+           f"{duration(report['elapsed_s'])} in all.</p>"]
+    if report.get("scorecard"):
+        out += _scorecard_html(report["scorecard"])
+    out += _toc_html(sections)
+    out += _settings_html(report)
     for section in sections:
-        out.append(f"<h2 id='{section.id}'>{html.escape(section.title)} "
-                   f"<small class='status-{section.status}'>[{section.status}]</small></h2>")
-        rows = summary_metrics(section)
-        if rows:
-            out.append("<table><tr><th>metric</th><th>value</th><th>unit</th><th>literature</th>"
-                       "<th>source</th><th>note</th></tr>")
-            for m in rows:
-                out.append(f"<tr><td>{html.escape(m.name)}</td><td>{format_value(m.value, m.unit)}</td>"
-                           f"<td>{html.escape(m.unit)}</td><td>{html.escape(format_reference(m.reference))}</td>"
-                           f"<td>{html.escape(m.source or '')}</td><td>{html.escape(m.note or '')}</td></tr>")
-            out.append("</table>")
-        for figure in section.figures:
-            out.append(svg_plot(figure))
-        for note in section.notes:
-            if "\n" in note:
-                out.append(f"<details><summary>details</summary><pre>{html.escape(note)}</pre></details>")
-            else:
-                out.append(f"<p class='note'>{html.escape(note)}</p>")
-        per_layer = [m for m in section.metrics if m.layer is not None]
-        if per_layer:
-            out.append("<details><summary>per-layer values</summary><table><tr><th>metric</th><th>layer</th>"
-                       "<th>value</th></tr>")
-            out += [f"<tr><td>{html.escape(m.name)}</td><td>{m.layer}</td><td>{format_value(m.value, m.unit)}</td></tr>"
-                    for m in per_layer]
-            out.append("</table></details>")
-    out.append("</body></html>")
+        out += _section_html(section)
+    out.append("<p class='meta small'><a href='#scorecard'>back to the scorecard</a></p></body></html>")
     return "\n".join(out)
 
 

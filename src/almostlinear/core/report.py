@@ -1,15 +1,19 @@
 """The audit report's data model; ``report.json`` is these dataclasses as JSON.
 
-Schema (version 1)::
+Schema (version 2; the JSON Schema file ``audit/report.schema.json`` is the exact statement)::
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "tool": {"name": "almostlinear", "version": str},
       "created": ISO-8601 time, "elapsed_s": float,
+      "scorecard": {"rule": str, "rows": [{"id": str, "claim": str, "section": str, "metric": str,
+                    "value": number|null, "unit": str, "layer": int|null, "literature": str,
+                    "source": str, "verdict": "holds"|"partly"|"fails"|"not tested", "rule": str,
+                    "note": str}]},
       "settings": {"quick": bool, "device": str, "dtype": str, "device_map": dict|str|null,
-                   "random_weights": bool, "seed": int, "threads": int, ...},
-      "model": {"name": str, "path": str, "kind": "causal-lm"|"encoder", "fingerprint": str,
-                "structure": {...}},
+                   "random_weights": bool, "seed": int, "threads": int, "applied": [...], ...},
+      "model": {"name": str, "source": "embedded"|"local folder"|"hub"|"in memory",
+                "kind": "causal-lm"|"encoder", "fingerprint": str, "structure": {...}},
       "sections": [
         {"id": str, "title": str, "status": "ok"|"skipped"|"failed",
          "metrics": [{"name": str, "value": number|null, "unit": str,
@@ -17,14 +21,18 @@ Schema (version 1)::
                       "layer": int|null, "note": str|null}],
          "figures": [{"id": str, "title": str, "x_label": str, "y_label": str,
                       "series": [{"name": str, "x": [number], "y": [number|null]}],
-                      "reference": number|null}],
+                      "reference": number|null, "reference_label": str|null,
+                      "bands": [{"low": number, "high": number, "label": str, "source": str|null}]}],
          "notes": [str], "elapsed_s": float}
       ]
     }
 
 ``reference`` is the literature's value: a number, a ``[low, high]`` range, or a sentence when the
 literature states only a direction ("decreases with depth"). ``source`` names it (an arXiv id).
-Per-layer metrics repeat ``name`` with a ``layer``; summaries have ``layer: null``.
+Per-layer metrics repeat ``name`` with a ``layer``; summaries have ``layer: null``. A figure's
+``reference`` is a horizontal line (``reference_label`` says what it is: "chance", a budget, ...);
+``bands`` are literature ranges drawn behind the curves. No absolute path of the machine that ran
+the audit appears anywhere (version 1 had ``model.path``).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -60,6 +68,16 @@ class Series:
 
 
 @dataclass
+class Band:
+    """A range of values from the literature, drawn behind a figure's curves."""
+
+    low: float
+    high: float
+    label: str = "literature"
+    source: str | None = None
+
+
+@dataclass
 class Figure:
     id: str
     title: str
@@ -67,6 +85,8 @@ class Figure:
     y_label: str
     series: list[Series]
     reference: float | None = None
+    reference_label: str | None = None  # what the reference line is; None: "reference"
+    bands: list[Band] = field(default_factory=list)
 
 
 @dataclass

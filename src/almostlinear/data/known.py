@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..core import progress
 from ..core.errors import AlmostLinearError, EmptyDataError
 from ..core.tokens import first_answer_token
 from ._batching import left_padded
@@ -65,7 +66,8 @@ def known_facts(
 
     kept: list[Fact] = []
     cand = torch.tensor(candidates, device=device)
-    with left_padded(model, tokenizer), torch.inference_mode():
+    bar = progress.bar(len(facts), f"checking which of {len(facts)} facts the model knows", unit="fact")
+    with bar, left_padded(model, tokenizer), torch.inference_mode():
         for start in range(0, len(facts), batch_size):
             chunk = facts[start : start + batch_size]
             batch = tokenizer(
@@ -90,4 +92,5 @@ def known_facts(
                 own = row[column[answer_token[fact.answer]]]
                 if int((row > own).sum()) < top_k:
                     kept.append(fact)
+            bar.update(len(chunk))
     return kept

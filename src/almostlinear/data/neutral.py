@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..core import progress
 from ..core.digest import file_key
 from ..core.errors import AlmostLinearError, EmptyDataError
 from ._batching import left_padded
@@ -121,7 +122,11 @@ def generate_neutral_texts(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     prompts = [NEUTRAL_SEEDS[i % len(NEUTRAL_SEEDS)] for i in range(n)]
     texts: list[str] = []
+    batches = -(-n // batch_size)
+    # One tick per generated token of each batch: a batch of long continuations takes a while.
+    bar = progress.bar(batches * max_new_tokens, f"sampling {n} neutral texts", unit="token step")
     with (
+        bar,
         left_padded(model, tokenizer),
         torch.random.fork_rng(devices=_seed_devices(device)),
         torch.inference_mode(),
@@ -139,9 +144,25 @@ def generate_neutral_texts(
                 top_k=0,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
+                **_counting(bar),
             )
+            bar.update(max(0, bar.total * (start // batch_size + 1) // batches - bar.done))  # a batch that ended early
             texts.extend(t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True))
     return texts
+
+
+def _counting(bar: progress.Bar) -> dict:
+    """``generate`` options that tick ``bar`` once per new token; none while progress is off."""
+    if not bar.active:
+        return {}
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Tick(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):  # never stops: it only counts
+            bar.update(1)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return {"stopping_criteria": StoppingCriteriaList([_Tick()])}
 
 
 def _cache_file(cache_key: str, n: int, max_new_tokens: int, seed: int) -> Path:

@@ -141,8 +141,13 @@ def generate_command(model: str | Any, edit_path: str, prompts: list[str], *, ma
 
 def cmd_edit(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    if args.progress and not getattr(args, "quiet", False):  # asked for: also off a terminal
+        from ..core import progress
+
+        progress.configure(enabled=True)
     edit_command(args.model, args.prompt, args.subject, args.target, method=args.method, layer=args.layer,
-                 out=args.out, stats_tokens=args.stats_tokens, progress=args.progress)
+                 out=args.out, stats_tokens=args.stats_tokens,
+                 progress=clitools.show_progress(getattr(args, "quiet", False), args.progress))
     return 0
 
 
@@ -167,7 +172,9 @@ def register(sub) -> None:
     edit.add_argument("--out", default=None, type=clitools.output_file, help="save the edit to this .safetensors file")
     edit.add_argument("--stats-tokens", type=clitools.positive_int, default=None,
                       help="tokens of model-generated text for the key statistics (cached per model)")
-    edit.add_argument("--progress", action="store_true", help="show progress bars")
+    edit.add_argument("--progress", action="store_true",
+                      help="show progress bars also when standard error is not a terminal (a terminal shows them "
+                           "unless --quiet)")
     clitools.add_threads(edit)
     edit.set_defaults(func=cmd_edit)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..core.collect import Batch
-from ..core.report import Figure, Metric, SectionResult, Series
+from ..core.report import Band, Figure, Metric, SectionResult, Series
 from ..core.section import AuditContext, CausalSection, Need, SiteRows
 from ..core.sites import Site
 from ..data import split
@@ -74,7 +74,8 @@ class TruthProbes(CausalSection):
         result.figures.append(Figure(
             "truth_probe_accuracy", "Held-out accuracy of truth probes per block", "block", "accuracy",
             [Series("logistic", layers, curves["logistic"]), Series("mass-mean", layers, curves["mass_mean"]),
-             Series("mass-mean, whitened (LDA)", layers, curves["mass_mean_whitened"])], reference=0.5))
+             Series("mass-mean, whitened (LDA)", layers, curves["mass_mean_whitened"])], reference=0.5,
+            reference_label="chance", bands=[Band(0.71, 0.83, "literature, 7B models", "arXiv 2304.13734")]))
         best_lr = max(curves["logistic"])
         self._selectivity(ctx, result, acts, labels, subjects)
         self._mlp_gap(ctx, result, (x_tr, y_tr, [subjects[i] for i in train.tolist()]), (x_te, y_te),
