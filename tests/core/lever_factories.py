@@ -42,6 +42,15 @@ def _steering_vector(model, fp):
                                          norms={"residual_median": 2.0}, model_fingerprint=fp)
 
 
+def _activation_addition(model, fp):
+    from almostlinear.steering import ActivationAddition
+
+    d = as_model(model).structure.d_model
+    difference = torch.randn(3, d, generator=_gen(14))
+    return ActivationAddition.from_difference(difference, site="resid_pre", layer=1, prompts=("a b", "c"),
+                                              tokens=((5, 9, 3), (14, 3, 3)), model_fingerprint=fp)
+
+
 def _ablation(model, fp):
     from almostlinear.steering import DirectionalAblation
 
@@ -181,6 +190,7 @@ def _linear_map(model, fp):
 FACTORIES: dict[str, Callable[[torch.nn.Module, str], Any]] = {
     "steering.vector": _steering_vector,
     "steering.ablation": _ablation,
+    "steering.activation_addition": _activation_addition,
     "erasure.leace": _eraser,
     "editing.low_rank": _low_rank,
     "editing.rank_one": lambda model, fp: _low_rank(model, fp, "RankOneEdit"),
@@ -198,8 +208,9 @@ FACTORIES: dict[str, Callable[[torch.nn.Module, str], Any]] = {
     "translate.linear_map": _linear_map,
 }
 # Model-facing kinds, which the whole contract applies to.
-LEVERS = {"steering.vector", "steering.ablation", "erasure.leace", "editing.low_rank", "editing.rank_one",
-          "merging.task_vector", "connectivity.permutation", "sae.autoencoder", "sae.latent_direction", "adapters.lora"}
+LEVERS = {"steering.vector", "steering.ablation", "steering.activation_addition", "erasure.leace", "editing.low_rank",
+          "editing.rank_one", "merging.task_vector", "connectivity.permutation", "sae.autoencoder",
+          "sae.latent_direction", "adapters.lora"}
 # Levers stored in another project's format (a PEFT folder), not as almostlinear artifact files.
 NOT_ARTIFACTS = {"adapters.lora"}
 # Levers that record no model fingerprint (a PEFT folder has none): only shapes are checked.

@@ -34,6 +34,7 @@ def test_section_on_tiny_model():
     assert kl.value > 0 and kl.layer in (0, 1)
     assert result.metric("erasure_cost_tokens").value > 0
     assert any(f.id == "erasure_guardedness" for f in result.figures)
+    assert any(note.startswith("Protocol behind these numbers") for note in result.notes)
 
 
 def test_section_skips_encoders():

@@ -26,6 +26,7 @@ def test_section_on_a_tiny_model():
     kls = [m for m in result.metrics if m.name == "steering_kl"]
     assert len(kls) == 4 and all(m.value >= 0 and m.source == "arXiv 2406.11717" for m in kls)
     assert {f.id for f in result.figures} == {"steering_dose_response", "steering_side_effects"}
+    assert any("Protocol behind this verdict" in note and "arXiv 2308.10248" in note for note in result.notes)
 
 
 def test_quick_flag_sizes_the_run_and_the_source_is_asked_for_by_name():

@@ -38,6 +38,7 @@ def test_section_runs_on_a_tiny_llama_and_reports_every_method_per_layer():
         if method in ("ccs", "contrast_pca"):
             assert all(v >= 0.5 for v in values)  # sign-free accuracy cannot fall below chance
     assert result.metric("pairs_train").value + result.metric("pairs_test").value == 40
+    assert any(note.startswith("Protocol behind this verdict") for note in result.notes)
     zero_shot = result.metric("zero_shot_accuracy").value
     assert 0.0 <= zero_shot <= 1.0
     assert result.metric("ccs_minus_zero_shot").reference == 0.04

@@ -24,6 +24,13 @@ from .evaluate import probe_accuracy
 LEACE_SOURCE = "arXiv 2306.03819"
 COST_SHARE = 6  # a sixth of the neutral texts (8 in quick mode), each run once plain and once per eraser
 COST_MAX_LENGTH = 64
+PROTOCOL_NOTE = (
+    "Protocol behind these numbers: one eraser per depth, fitted on the statements' final token (where the probe "
+    "reads truth) and hooked in at every token of other text, the harshest test of an oblique eraser. Fitting on "
+    f"every token instead ({LEACE_SOURCE}'s concept scrubbing pools positions) guards the pooled tokens but not the "
+    "final one and costs more on other text; one eraser per position where the concept lives, applied there only, "
+    "guards every position at a small cost (benchmarks/bench_leace_tokens.py)."
+)
 
 
 def _depths(n_layers: int) -> list[int]:
@@ -111,6 +118,7 @@ class ErasureSection(Section):
             f"L2 logistic probe is trained and tested on erased activations ({len(test)} test statements about "
             "other cities). After erasure the probe should sit at chance: that is LEACE's guarantee on the fitting "
             "distribution; held-out cities test how well it carries over.",
+            PROTOCOL_NOTE,
         ]
         return result
 

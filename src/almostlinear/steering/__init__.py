@@ -10,7 +10,8 @@ from ..core.lazy import lazy_exports
 # command-line parser does not import torch through this package.
 _PUBLIC = {
     "ablation": ("ablate", "bake_ablation_", "baked_ablation"),
-    "artifact": ("DirectionalAblation", "SteeringVector", "applied"),
+    "actadd": ("fit_activation_addition", "generate_with_addition"),
+    "artifact": ("ActivationAddition", "DirectionalAblation", "SteeringVector", "applied"),
     "behaviour": ("Behaviour", "GeneratedScore", "TokenPreference"),
     "combined": ("Additivity", "CrossEffects", "additivity", "compose", "cosine_matrix", "cross_effects"),
     "cost": ("SideEffects", "side_effects"),

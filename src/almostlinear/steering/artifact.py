@@ -1,15 +1,17 @@
-"""The steering family's levers: a steering vector and a directional ablation.
+"""The steering family's levers: a steering vector, a directional ablation and an activation addition.
 
-Both follow :mod:`almostlinear.core.lever`: ``apply`` adds or ablates through hooks while a context
-is open, ``bake_`` writes the same change into the weights and returns a record whose ``undo_()``
-is exact.
+All follow :mod:`almostlinear.core.lever`: ``apply`` adds or ablates through hooks while a context
+is open; for the first two ``bake_`` writes the same change into the weights and returns a record
+whose ``undo_()`` is exact (a position-dependent addition has no permanent form).
 
 A steering vector's strength is in natural units: by default a strength of 1 adds a vector as
 long as the median residual norm at the vector's site (measured on the fitting texts, first token
 excluded because it is an attention sink with an outlying norm), so one number means the same at
 every layer and in every model. ``units="diff"`` counts in multiples of the fitted mean difference
 (CAA's multiplier, arXiv 2312.06681) and ``units="raw"`` adds ``strength * direction`` as stored.
-An ablation's strength is the fraction of the component removed.
+An ablation's strength is the fraction of the component removed. An activation addition (ActAdd,
+arXiv 2308.10248) adds a per-position difference of two prompts at the front of each prompt; its
+strength is the paper's coefficient.
 """
 
 from __future__ import annotations
@@ -38,8 +40,23 @@ from .choices import UNITS
 _FUNCTION = "_position_function"  # a position function given in memory; files hold only its name
 
 
+class _AtOneSite:
+    """Where a lever acts, read from its provenance: one site at one layer."""
+
+    @property
+    def site(self) -> str:
+        return self.provenance.where.site
+
+    @property
+    def layer(self) -> int:
+        return self.provenance.where.layer
+
+    def target(self) -> Site:
+        return Site(self.site, self.layer)
+
+
 @dataclass(frozen=True)
-class SteeringVector(Artifact):
+class SteeringVector(_AtOneSite, Artifact):
     """A direction added at one site and layer, with the norm statistics that give it units.
 
     ``direction`` is a unit vector ``[d]`` (float32). ``norms`` holds ``residual_median`` and
@@ -100,21 +117,10 @@ class SteeringVector(Artifact):
     # ---- where ----------------------------------------------------------------------------------
 
     @property
-    def site(self) -> str:
-        return self.provenance.where.site
-
-    @property
-    def layer(self) -> int:
-        return self.provenance.where.layer
-
-    @property
     def positions(self):
         """The default position policy (see :mod:`.positions`)."""
         function = getattr(self, _FUNCTION, None)
         return function if function is not None else policies.from_header(self.provenance.where.positions)
-
-    def target(self) -> Site:
-        return Site(self.site, self.layer)
 
     # ---- strength -------------------------------------------------------------------------------
 
@@ -284,3 +290,85 @@ class DirectionalAblation(Artifact):
         view = as_model(model, structure=structure)
         check_fingerprint(self, view, strict=strict)
         return bake_ablation_(view, self.directions, strength=fraction)
+
+
+@dataclass(frozen=True)
+class ActivationAddition(_AtOneSite, Artifact):
+    """ActAdd (arXiv 2308.10248): two prompts' activations subtracted position by position and added,
+    times a coefficient, to the first positions of every prompt at one site.
+
+    ``difference`` is ``[n_positions, d]``: ``h(positive)[i] - h(negative)[i]`` at the site, the
+    shorter prompt padded on the right first (the paper pads with space tokens). Row ``i`` is added
+    to the real token at index ``alignment + i`` of each sequence (default 0: the front of the
+    prompt), whether that token is in the prompt or generated later, so cached and uncached decoding
+    agree (the paper's prompts are never shorter than the pair); every later token runs unchanged.
+    ``strength`` is the paper's coefficient ``c`` (units ``raw``: ``c = 1`` adds the difference as
+    measured). There is no permanent form: a bias acts at every position.
+    """
+
+    kind = "steering.activation_addition"
+    strength_units = ("raw",)
+    bakes = False
+    difference: torch.Tensor
+    prompts: tuple = ()  # (positive, negative) as given, for the record
+    tokens: tuple = ()  # (positive ids, negative ids) after padding, for the record
+
+    def __post_init__(self) -> None:
+        diff = torch.as_tensor(self.difference)
+        if diff.dim() != 2 or diff.shape[0] == 0 or diff.shape[1] == 0:
+            raise ShapeError(f"an activation addition is [positions, d], got shape {tuple(diff.shape)}")
+        if not torch.isfinite(diff).all():
+            raise NonFiniteError("the activation difference contains NaN or infinite values")
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        object.__setattr__(self, "tokens", tuple(tuple(int(t) for t in ids) for ids in self.tokens))
+        where = self.provenance.where
+        if where is None or where.site is None or where.layer is None:
+            raise ArtifactError("an activation addition needs provenance.where with a site and one layer "
+                                "(build it with ActivationAddition.from_difference)")
+
+    @classmethod
+    def from_difference(cls, difference: torch.Tensor, *, site: str = "resid_pre", layer: int,
+                        prompts: Sequence[str] = (), tokens: Sequence[Sequence[int]] = (),
+                        model_fingerprint: str | None = None, extra: dict | None = None) -> ActivationAddition:
+        """Wrap a per-position difference ``[n_positions, d]`` (stored in float32) with its provenance."""
+        diff = torch.as_tensor(difference).detach().float()
+        provenance = Provenance(model_fingerprint=model_fingerprint, where=Where.at(site, int(layer), "front"),
+                                method="actadd", units=cls.strength_units[0], extra=dict(extra or {}))
+        return cls(diff.clone(), tuple(prompts), tuple(tuple(t) for t in tokens), provenance=provenance)
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.difference.shape[0])
+
+    @contextlib.contextmanager
+    def apply(self, model, strength: float = 1.0, *, alignment: int = 0, structure: Structure | None = None,
+              strict: bool = False) -> Iterator[nn.Module]:
+        """Add ``strength`` times row ``i`` of the difference at real-token index ``alignment + i``.
+
+        Positions count real tokens from the start of each sequence (padding excluded, also with
+        left padding and a KV cache), so batched and cached generation steer the same tokens as a
+        single unpadded pass. Only hooks are installed; the model is exactly as before on exit.
+        """
+        c = check_strength(strength, "raw")
+        if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 0:
+            raise ShapeError(f"alignment must be a non-negative integer (a token index), got {alignment!r}")
+        view = as_model(model, structure=structure)
+        (site,) = as_sites(view.structure, self.target())
+        check_fingerprint(self, view, strict=strict)
+        rows = self.difference * c
+        with contextlib.ExitStack() as stack:
+            # One addition per position: each row goes to exactly one real-token index.
+            for i in range(self.n_positions):
+                stack.enter_context(add(view.module, site, rows[i], positions=[alignment + i],
+                                        structure=view.structure))
+            yield view.module
+
+    def bake_(self, model, strength: float = 1.0, **options) -> Baked:
+        raise LeverError("an activation addition acts on the first positions of each prompt only, which no weight "
+                         "change can express; use apply()")
+
+    def footprint(self) -> dict:
+        """What it writes: the span of its non-zero rows at its site (for interference reports); a
+        shared leading token gives a zero row, which spans nothing."""
+        rows = self.difference[self.difference.norm(dim=-1) > 0]
+        return {"where": self.provenance.where, "basis": rows if rows.shape[0] else self.difference, "role": "writes"}

@@ -36,8 +36,8 @@ def chat_prompt(tokenizer, text: str) -> str:
 
 def generate_steered(model, tokenizer=None, prompts: Sequence[str] = (), vectors=None, strength=1.0, *,
                      positions=None, units: str | None = None, max_new_tokens: int = 32, do_sample: bool = False,
-                     temperature: float = 1.0, seed: int = 0, batch_size: int = 8, chat: bool = False,
-                     strict: bool = False, progress: bool = False) -> list[str]:
+                     temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 8,
+                     chat: bool = False, strict: bool = False, progress: bool = False) -> list[str]:
     """Continue each prompt with the vector(s) added; returns only the new text of each prompt.
 
     ``vectors`` is one :class:`SteeringVector`, a list of them (each with its own strength when
@@ -71,13 +71,10 @@ def generate_steered(model, tokenizer=None, prompts: Sequence[str] = (), vectors
                 lengths = enc["attention_mask"].sum(-1)
                 steer = (applied(view, vecs, strengths, positions=positions, units=units, prompt_lengths=lengths,
                                  strict=strict) if vecs else contextlib.nullcontext())
-                settings = {"do_sample": do_sample, "max_new_tokens": max_new_tokens,
-                            "pad_token_id": tokenizer.pad_token_id}
-                if do_sample:
-                    settings["temperature"] = temperature
-                with torch.random.fork_rng(devices=[]), steer:
-                    torch.manual_seed(seed + start)
-                    out = module.generate(**enc, **settings)
+                with steer:
+                    out = seeded_generate(module, enc, seed=seed + start, do_sample=do_sample,
+                                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                          temperature=temperature, top_p=top_p)
                 new = out[:, enc["input_ids"].shape[1]:]
                 outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
                 if bar is not None:
@@ -86,3 +83,15 @@ def generate_steered(model, tokenizer=None, prompts: Sequence[str] = (), vectors
         if bar is not None:
             bar.close()
     return outputs
+
+
+def seeded_generate(module, enc, *, seed: int, do_sample: bool, max_new_tokens: int, pad_token_id,
+                    temperature: float, top_p: float):
+    """``module.generate`` from a fixed random stream that is restored afterwards, so a steered and
+    an unsteered run of the same batch draw the same samples."""
+    settings = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": pad_token_id}
+    if do_sample:
+        settings.update(temperature=temperature, top_p=top_p)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return module.generate(**enc, **settings)

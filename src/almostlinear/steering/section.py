@@ -33,6 +33,14 @@ CAA_R2 = float(linear_fit(torch.tensor(CAA_MULTIPLIERS), torch.tensor(CAA_SYCOPH
 STRENGTHS = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2)
 QUICK_STRENGTHS = (-0.2, -0.1, 0.0, 0.1, 0.2)
 KL_BUDGET = 0.1
+ACTADD_SOURCE = "arXiv 2308.10248"
+PROTOCOL_NOTE = (
+    f"Protocol behind this verdict: contrastive activation addition ({CAA_SOURCE}), one mean-difference vector "
+    "from many pairs added at every position, scored by next-token log-odds. It is not ActAdd's protocol "
+    f"({ACTADD_SOURCE}: the per-position difference of one prompt pair injected at the front of the prompt, "
+    "swept over layers and coefficients and scored on sampled text), which steering.ActivationAddition implements "
+    "and benchmarks/bench_actadd.py runs on the topic example."
+)
 
 
 class SteeringSection(Section):
@@ -147,6 +155,7 @@ class SteeringSection(Section):
             f"texts per strength (each measured with and without the vector).",
             f"Slope {whole['slope']:.2f} log-odds per unit strength with R^2 {whole['r2']:.3f} over the whole range "
             f"and {small['r2']:.3f} within |strength| <= 0.1; {anti:.0%} of prompts move the wrong way.",
+            PROTOCOL_NOTE,
         ]
         return result
 

@@ -21,6 +21,13 @@ FARQUHAR = "arXiv 2312.10029"
 LABELS = {"ccs": "CCS", "contrast_pca": "contrast PCA", "mean_difference": "mean difference (supervised)",
           "logistic": "logistic (supervised)"}
 RESTARTS = 10
+PROTOCOL_NOTE = (
+    f"Protocol behind this verdict: one question template answered both ways, each side normalised by its training "
+    f"pairs, CCS fitted by L-BFGS with an L2 penalty, {RESTARTS} restarts, lowest loss kept. Checked against the "
+    f"paper's protocol ({CCS_PAPER}; benchmarks/bench_ccs.py): its optimiser (AdamW), per-dimension scaling and "
+    "normalising test pairs by their own statistics move held-out accuracy by less than its standard error; the "
+    "prompt template moves it most, and the lowest-loss restart is often not the most accurate one."
+)
 
 
 class TruthDirectionsSection(CausalSection):
@@ -187,6 +194,7 @@ def _notes(curves, best, zero_shot, checks, chosen, ccs_loss, known: bool, n_tes
         f"{best['mean_difference']}), logistic {top['logistic']:.2f} (block {best['logistic']}).",
     ]
     unsupervised, supervised = max(top["ccs"], top["contrast_pca"]), top["logistic"]
+    notes.append(PROTOCOL_NOTE)
     if supervised - unsupervised > 0.1:
         notes.append(f"Truth is linearly readable here (supervised {supervised:.2f}) but the unsupervised methods "
                      f"reach only {unsupervised:.2f}: truth is not the most prominent consistent feature of these "
