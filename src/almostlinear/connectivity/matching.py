@@ -21,7 +21,8 @@ from ..core.errors import EmptyDataError, NonFiniteError, ShapeError, StructureE
 from ..core.lever import as_model
 from ..core.threads import one_thread
 from .artifact import Permutation
-from .spec import PermutationSpec, identity_perms, permute_tensor
+from .costs import MatchingCosts
+from .spec import PermutationSpec, identity_perms
 
 
 def _module(model_or_state: Any) -> Any:
@@ -45,8 +46,16 @@ def _check_pair(spec: PermutationSpec, a: dict, b: dict) -> None:
             raise StructureError(f"{name!r} named by the spec is missing from one of the two networks")
         if a[name].shape != b[name].shape:
             raise ShapeError(f"{name!r} has shape {tuple(a[name].shape)} in A and {tuple(b[name].shape)} in B")
-        if not (torch.isfinite(a[name]).all() and torch.isfinite(b[name]).all()):
+        if not (_all_finite(a[name]) and _all_finite(b[name])):
             raise NonFiniteError(f"{name!r} holds NaN or infinite values")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """One pass without a mask the size of the tensor: NaN propagates into both ends, an infinity is one."""
+    if tensor.numel() == 0 or not tensor.is_floating_point():
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) and torch.isfinite(high))
 
 
 def _assign(cost: torch.Tensor) -> torch.Tensor:
@@ -56,55 +65,50 @@ def _assign(cost: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(cols, dtype=np.int64))
 
 
-def _objective_for(spec: PermutationSpec, a: dict, b: dict, perms: dict, name: str) -> torch.Tensor:
-    """``cost[i, j]``: inner product of A's unit ``i`` with B's unit ``j`` over every tensor ``name`` touches."""
-    n = spec.sizes[name]
-    cost = torch.zeros(n, n, dtype=torch.float64)
-    for key, ap in spec.touching(name):
-        wa = a[key].double()
-        wb = permute_tensor(b[key].double(), spec.axes[key], perms, skip=ap)
-        cost += ap.units(wa) @ ap.units(wb).T
-    return cost
-
-
 def weight_matching(model_a, model_b, spec: PermutationSpec, *, max_iter: int = 100, seed: int = 0,
                     progress: bool = False) -> Permutation:
     """Permutation of B's units that best aligns B's weights with A's (coordinate descent, Hungarian steps).
 
     ``model_a`` / ``model_b`` are modules or state dicts holding every tensor the spec names.
-    Returns a :class:`Permutation` to apply to B.
+    Returns a :class:`Permutation` to apply to B. A step whose cost matrix cannot have changed since
+    its permutation was last solved is skipped, and cost terms are kept per group of permutations
+    (see :mod:`.costs`), so late sweeps cost little; the permutations are those of recomputing
+    every cost at every step.
     """
     a, b = _state(model_a), _state(model_b)
     _check_pair(spec, a, b)
-    perms = identity_perms(spec)
+    costs = MatchingCosts(spec, a, b, identity_perms(spec))
     names = list(spec.sizes)
     generator = torch.Generator().manual_seed(seed)
-    sweeps = 0
+    sweeps = solves = 0
     bar = None
     if progress:
-        from tqdm import tqdm
+        from ..clitools import progress_bar
 
-        bar = tqdm(total=max_iter, desc="weight matching sweeps", leave=False)
+        bar = progress_bar(max_iter, "weight matching sweeps", unit="sweep")
     with one_thread():
         for sweeps in range(1, max_iter + 1):
             improved = False
             for k in torch.randperm(len(names), generator=generator).tolist():
                 name = names[k]
-                cost = _objective_for(spec, a, b, perms, name)
+                if costs.unchanged_since_solved(name):
+                    continue  # same cost matrix as last time, so the same assignment: no gain
+                cost = costs.cost(name)
                 new = _assign(cost)
+                solves += 1
                 rows = torch.arange(len(new))
-                gain = cost[rows, new].sum() - cost[rows, perms[name]].sum()
+                gain = cost[rows, new].sum() - cost[rows, costs.perms[name]].sum()
                 if gain > 1e-12 * max(1.0, float(cost.abs().max())):
                     improved = True
-                perms[name] = new
+                costs.solved(name, new)
             if bar is not None:
                 bar.update(1)
             if not improved:
                 break
     if bar is not None:
         bar.close()
-    return Permutation.from_perms(spec, perms, provenance=_provenance(model_b, "weight_matching", sweeps=sweeps,
-                                                                      seed=seed))
+    return Permutation.from_perms(spec, costs.perms, provenance=_provenance(
+        model_b, "weight_matching", sweeps=sweeps, seed=seed, assignments_solved=solves))
 
 
 def _provenance(model_or_state, method: str, **extra) -> Provenance:

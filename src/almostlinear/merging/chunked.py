@@ -87,10 +87,15 @@ def ties_chunks(dst: Tensor, tensors: Sequence[Tensor], base: Tensor, weights: S
     n = dst.numel()
     densities = methods.per_input(density, len(tensors), "density")
     plans = []
+    # the output is not written yet: it holds the magnitudes while each threshold is found (unless
+    # it shares memory with an input)
+    storages = {x.untyped_storage().data_ptr() for x in [*tensors, base]}
+    own = dst.dtype == dtype and dst.is_contiguous() and dst.untyped_storage().data_ptr() not in storages
+    scratch = dst if own else None
     for t, d in zip(tensors, densities):
         k = methods.keep_count(d, n)
         if 0 < k < n:
-            magnitude = (t.to(dtype) - base.to(dtype)).abs()
+            magnitude = torch.sub(t.to(dtype), base.to(dtype), out=scratch).abs_()
             plans.append([k, *methods.magnitude_threshold(magnitude, k), 0])
             del magnitude
         else:

@@ -118,10 +118,58 @@ def top_magnitude_mask(magnitude: Tensor, k: int, *, seen_equal: int = 0, thresh
 
 def magnitude_threshold(magnitude: Tensor, k: int) -> tuple[float, int]:
     """The k-th largest value of a flat tensor and how many entries equal to it fit among the top k."""
+    if magnitude.numel() >= RADIX_MIN_ENTRIES and magnitude.dtype in _SAME_WIDTH_INT and magnitude.is_contiguous():
+        threshold, above = kth_largest_nonnegative(magnitude.reshape(-1), k)
+        if threshold >= 0:  # the bit patterns order like the values only when none is negative
+            return threshold, k - above
     n = magnitude.numel()
     threshold = torch.kthvalue(magnitude.float(), n - k + 1).values
     above = int((magnitude > threshold).sum())
     return float(threshold), k - above
+
+
+_SAME_WIDTH_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
+RADIX_BITS = 16
+# Below this the memory kthvalue needs is small, and its single call beats the radix select's
+# fixed cost of two 65,536-bin histograms.
+RADIX_MIN_ENTRIES = 1 << 22
+
+
+def kth_largest_nonnegative(values: Tensor, k: int, *, chunk: int = 1 << 20) -> tuple[float, int]:
+    """(k-th largest entry, how many entries are larger) of a flat float32/float64 tensor of values >= 0.
+
+    For non-negative floats the bit patterns, read as integers, sort like the values, so a radix
+    select on them (16 bits at a time, counted slice by slice) finds the k-th largest exactly, with
+    memory for one slice: ``kthvalue`` copies the tensor and keeps an int64 index per entry (three
+    times the tensor's size). Returns -1 as the value if an entry turns out to be negative.
+    """
+    n = values.numel()
+    if not 1 <= k <= n:
+        raise AlmostLinearError(f"k = {k} is outside 1..{n}")
+    width_total = values.element_size() * 8
+    bits = values.view(_SAME_WIDTH_INT[values.dtype])
+    prefix, known, remaining, above = 0, 0, k, 0
+    while known < width_total:
+        width = min(RADIX_BITS, width_total - known)
+        shift = width_total - known - width
+        counts = torch.zeros(1 << width, dtype=torch.int64)
+        for s in range(0, n, chunk):
+            part = bits[s:s + chunk]
+            if bool((part < 0).any()):  # a sign bit set: a negative value (or -0.0)
+                return -1.0, 0
+            if known:
+                part = part[(part >> (shift + width)) == prefix]
+            counts += torch.bincount(((part >> shift) & ((1 << width) - 1)).long(), minlength=1 << width)
+        from_top = counts.flip(0).cumsum(0)
+        index = int(torch.searchsorted(from_top, remaining))  # the first bin from the top that reaches k
+        digit = (1 << width) - 1 - index
+        larger = int(from_top[index] - counts[digit])
+        above += larger
+        remaining -= larger
+        prefix = (prefix << width) | digit
+        known += width
+    value = torch.tensor([prefix], dtype=bits.dtype).view(values.dtype)
+    return float(value), above
 
 
 def keep_count(density: float, n: int) -> int:

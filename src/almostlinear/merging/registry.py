@@ -79,6 +79,7 @@ class MergeMethod:
     inputs: int | None = None
     chunked: Callable[..., None] | None = None
     in_memory_only: bool = False
+    elementwise: bool = False  # each output entry needs only the same entry of the inputs
     doc: str = ""
 
     def __post_init__(self) -> None:
@@ -89,6 +90,8 @@ class MergeMethod:
             raise AlmostLinearError(f"merge method {self.name!r} gives two parameters one recipe key")
         if "weight" in self.params and not self.params["weight"].per_model:
             raise AlmostLinearError(f"merge method {self.name!r}: 'weight' is a per-model parameter")
+        if self.elementwise and self.chunked is None:
+            raise AlmostLinearError(f"merge method {self.name!r}: an entry-by-entry method needs a slice kernel")
         if self.in_memory_only and self.chunked is not None:
             raise AlmostLinearError(f"merge method {self.name!r} cannot be in memory only and streamed in slices")
 
@@ -222,13 +225,13 @@ def _fisher(state_dicts, weights, *, fishers, eps):
 
 for _method in (
     MergeMethod("linear", _linear, {"weight": WEIGHT, "normalize": ParamDef(True), "int8_mask": INT8_MASK},
-                base="ignored", chunked=chunked.linear_chunks, doc="weighted average (model soup)"),
+                base="ignored", chunked=chunked.linear_chunks, elementwise=True, doc="weighted average (model soup)"),
     MergeMethod("slerp", _slerp, {"t": ParamDef(0.5, recipe_default=REQUIRED, from_recipe=float,
                                                 doc="0 gives the base model, 1 the other")},
                 base="optional", inputs=2, doc="spherical interpolation of two whole tensors"),
     MergeMethod("task_arithmetic", _task_arithmetic,
                 {"weight": WEIGHT, "lam": LAM, "normalize": ParamDef(False), "int8_mask": INT8_MASK},
-                chunked=chunked.task_arithmetic_chunks, doc="base + λ Σ wᵢ τᵢ (arXiv 2212.04089)"),
+                chunked=chunked.task_arithmetic_chunks, elementwise=True, doc="base + λ Σ wᵢ τᵢ (arXiv 2212.04089)"),
     MergeMethod("ties", _ties, {"weight": WEIGHT, "density": _density(0.2), "lam": LAM, "normalize": ParamDef(True),
                                 "election": ELECTION, "int8_mask": INT8_MASK},
                 chunked=chunked.ties_chunks, doc="trim, elect sign, disjoint mean (arXiv 2306.01708)"),

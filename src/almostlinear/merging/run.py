@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "merges.txt", "tokenizer.model", "chat_template.jinja", "added_tokens.json")
 CONFIG_FILES = ("config.json", "generation_config.json")
 REPORT_NAME = "almostlinear_merge.json"
+# Entries per slice when a merge streams slices: with two inputs, the output and the signals'
+# buffer the working set stays a few MiB (512K entries took 12 % less CPU than 1M here).
+SLICE = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,29 @@ def _extra_files(plan: MergePlan, report: dict) -> dict[str, bytes]:
     return files
 
 
+def _merged_slices(plan: MergePlan, recipe: Recipe, item, read_dtype, signals: MergeSignals,
+                   space: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The merge of tensor ``item`` slice by slice, for methods that work entry by entry: each slice of
+    every input is read, merged into a reused buffer and yielded (then written) before the next."""
+    name = item.name
+    weights, options = tensor_options(recipe, name, layer_position(name, plan.n_layers))
+    numel = math.prod(item.shape)
+    with_base = plan.base is not None
+    tensor_signals = signals.begin(numel, [not with_base and i == 0 for i in range(len(plan.models))])
+    out_size = item.out_dtype.itemsize
+    for start in range(0, numel, SLICE):
+        count = min(SLICE, numel - start)
+        reads = [source.read_part(name, start, count, buffer=buf) for source, buf in zip(plan.inputs, space)]
+        if read_dtype is not None:
+            reads = [t.to(read_dtype) for t in reads]
+        base, tensors = (reads[0], reads[1:]) if with_base else (None, reads)
+        result = space[-1][:count * out_size].view(item.out_dtype)
+        merge_into(recipe.method, name, tensors, weights, base, options, result)
+        tensor_signals.add(base if with_base else tensors[0], tensors)
+        yield result
+    tensor_signals.end()
+
+
 def check_output_apart(out: str | os.PathLike, inputs) -> None:
     """Refuse an output folder that is an input's folder or holds one (links resolved): replacing it
     would delete the weights being read."""
@@ -78,7 +105,8 @@ def merge_files(recipe: Recipe | str | os.PathLike | Mapping, out: str | os.Path
                 check_overflow: bool = True, plan: MergePlan | None = None) -> MergeResult:
     """Plan, then merge tensor by tensor into ``out`` (written atomically, sharded, with checksums).
 
-    Memory holds one tensor per input plus the merged tensor at a time. If anything fails (a
+    Memory holds one tensor per input plus the merged tensor at a time; for methods that work entry
+    by entry (linear, task arithmetic) one slice of each instead. If anything fails (a
     non-finite result, Ctrl-C) the temporary folder is removed and ``out`` is not created.
     """
     start = time.perf_counter()
@@ -97,15 +125,24 @@ def merge_files(recipe: Recipe | str | os.PathLike | Mapping, out: str | os.Path
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(order), desc=f"{recipe.method} merge", unit="tensor", file=sys.stderr)
-    # One byte buffer per input and one for the result, sized for the largest tensor and reused:
-    # the same peak memory as fresh tensors, without faulting in and zeroing new pages each time.
-    largest = max(t.nbytes for t in writer.order)
+    record = lookup(recipe.method)
+    whole = [t for t in writer.order if not (record.elementwise and planned[t.name].action != "copy")]
+    # Entry-by-entry methods stream each tensor in slices: memory holds one slice per input. Other
+    # methods get one byte buffer per input and one for the result, sized for the largest tensor and
+    # reused: the same peak memory as fresh tensors, without faulting in new pages each time.
+    largest = max([0] + [t.nbytes for t in whole])
     for source in plan.inputs:
-        largest = max([largest] + [source.info(n).nbytes for n in order if n in source])
+        largest = max([largest] + [source.info(t.name).nbytes for t in whole if t.name in source])
     workspace = [torch.empty(largest, dtype=torch.uint8) for _ in range(len(plan.inputs) + 1)]
+    slice_space = [torch.empty(SLICE * 8, dtype=torch.uint8) for _ in range(len(plan.inputs) + 1)]
     with writer:
         for name in order:
             item = planned[name]
+            if item.action != "copy" and record.elementwise:
+                writer.write_parts(name, _merged_slices(plan, recipe, item, read_dtype, signals, slice_space))
+                if bar is not None:
+                    bar.update(1)
+                continue
             reads = [source.read(name, buffer=buf) for source, buf in zip(plan.inputs, workspace)]
             base, tensors = (reads[0], reads[1:]) if plan.base is not None else (None, reads)
             if item.action == "copy":

@@ -45,28 +45,15 @@ class MergeSignals:
         """
         ref = reference.reshape(-1)
         flat = [t.reshape(-1) for t in tensors]
-        n = ref.numel()
-        if self._buffer is None or self._buffer.shape[1] < min(chunk, n):  # reused across slices and tensors
-            self._buffer = torch.empty(len(flat), chunk, dtype=torch.float32)
-        buffer = self._buffer
-        for s in range(0, n, chunk):
-            r = ref[s:s + chunk].float()
-            self.reference_sq += float(torch.dot(r, r))
-            d = buffer[:, :r.numel()]
-            for i, t in enumerate(flat):
-                if tensors[i] is reference:  # without a base the first model is the reference: its τ is 0
-                    d[i].zero_()
-                else:
-                    torch.sub(t[s:s + chunk].float(), r, out=d[i])
-            self.gram += (d @ d.T).double()
-        self.elements += n
-        if len(flat) >= 2 and n:
-            step = max(1, n // sample)
-            r = ref[::step].float()
-            deltas = [t[::step].float() - r for t in flat]
-            c, o = sign_conflicts([trim_magnitude(d, TOP_DENSITY) for d in deltas])
-            self.conflicts += c
-            self.overlaps += o
+        tensor = self.begin(ref.numel(), [t is reference for t in tensors], sample=sample)
+        for s in range(0, ref.numel(), chunk):
+            tensor.add(ref[s:s + chunk], [t[s:s + chunk] for t in flat])
+        tensor.end()
+
+    def begin(self, numel: int, is_reference: Sequence[bool], *, sample: int = SAMPLE) -> _TensorSignals:
+        """Signals of one tensor fed in consecutive slices (``add``), then ``end``. ``is_reference``
+        marks the models that are the reference itself (their task vector is 0)."""
+        return _TensorSignals(self, numel, list(is_reference), max(1, numel // sample))
 
     def as_dict(self) -> dict:
         norms = self.gram.diagonal().sqrt()
@@ -78,3 +65,44 @@ class MergeSignals:
             "sign_conflict_rate_top20": self.conflicts / self.overlaps if self.overlaps else None,
             "elements": self.elements,
         }
+
+
+@dataclass
+class _TensorSignals:
+    owner: MergeSignals
+    numel: int
+    is_reference: list[bool]
+    step: int
+    offset: int = 0
+    samples: list = field(default_factory=list)
+
+    def add(self, ref: torch.Tensor, parts: Sequence[torch.Tensor]) -> None:
+        owner = self.owner
+        r = ref.float()
+        owner.reference_sq += float(torch.dot(r, r))
+        rows = [i for i, same in enumerate(self.is_reference) if not same]  # the reference's τ is 0: skipped
+        if rows:
+            if owner._buffer is None or owner._buffer.shape[0] < len(rows) or owner._buffer.shape[1] < r.numel():
+                owner._buffer = torch.empty(len(parts), max(r.numel(), 1 << 10), dtype=torch.float32)
+            d = owner._buffer[:len(rows), :r.numel()]
+            for row, i in enumerate(rows):
+                torch.sub(parts[i].float(), r, out=d[row])
+            index = torch.tensor(rows)
+            owner.gram[index[:, None], index[None, :]] += (d @ d.T).double()
+        first = -self.offset % self.step  # the evenly strided sample, continued across slices
+        # copies: the slices may live in buffers that the next slice overwrites
+        self.samples.append((ref[first::self.step].to(torch.float32, copy=True),
+                             [p[first::self.step].to(torch.float32, copy=True) for p in parts]))
+        self.offset += ref.numel()
+
+    def end(self) -> None:
+        owner = self.owner
+        if self.offset != self.numel:
+            raise ValueError(f"signals were fed {self.offset} of {self.numel} entries")
+        owner.elements += self.numel
+        if len(self.is_reference) >= 2 and self.numel:
+            r = torch.cat([x for x, _ in self.samples])
+            deltas = [torch.cat([ps[i] for _, ps in self.samples]) - r for i in range(len(self.is_reference))]
+            c, o = sign_conflicts([trim_magnitude(d, TOP_DENSITY) for d in deltas])
+            owner.conflicts += c
+            owner.overlaps += o

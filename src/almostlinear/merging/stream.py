@@ -2,7 +2,8 @@
 
 A safetensors file is an 8-byte header length, a JSON header (name -> dtype, shape, byte offsets)
 and the raw bytes. :class:`Checkpoint` parses the headers of every shard of a folder once; then
-each tensor is read on demand with a positional read straight into a fresh tensor. Only the bytes
+each tensor (or a slice of its entries) is read on demand with a positional read straight into a
+fresh tensor or a reused buffer. Only the bytes
 of that tensor enter memory, and nothing keeps the file mapped, so the process's resident memory
 stays near the tensors being merged rather than growing with the pages of files read so far.
 """
@@ -169,21 +170,30 @@ class Checkpoint:
         uint8 tensor, reused across tensors so that the pages are not faulted in and zeroed again
         for every tensor). With a buffer the result is a view of it, valid until the next read."""
         info = self.info(name)
+        return self.read_part(name, 0, info.numel, buffer=buffer).view(info.shape)
+
+    def read_part(self, name: str, start: int, count: int, *, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Entries ``[start, start + count)`` of the flattened tensor, as a 1-D tensor (in ``buffer``
+        as :meth:`read` does): merges that work entry by entry stream a tensor in such slices."""
+        info = self.info(name)
+        if start < 0 or count < 0 or start + count > info.numel:
+            raise AlmostLinearError(f"{self.label}: entries [{start}, {start + count}) are outside tensor {name!r} "
+                                    f"of {info.numel}")
+        size = info.dtype.itemsize
+        nbytes = count * size
         if buffer is None:
-            out = torch.empty(info.shape, dtype=info.dtype)
+            out = torch.empty(count, dtype=info.dtype)
         else:
-            if buffer.dtype != torch.uint8 or buffer.dim() != 1 or buffer.numel() < info.nbytes:
-                raise AlmostLinearError(f"read buffer must be a 1-D uint8 tensor of at least {info.nbytes} bytes")
-            out = buffer[:info.nbytes].view(info.dtype).view(info.shape)
-        if info.nbytes == 0:
+            if buffer.dtype != torch.uint8 or buffer.dim() != 1 or buffer.numel() < nbytes:
+                raise AlmostLinearError(f"read buffer must be a 1-D uint8 tensor of at least {nbytes} bytes")
+            out = buffer[:nbytes].view(info.dtype)
+        if nbytes == 0:
             return out
-        view = memoryview(out.view(-1).view(torch.uint8).numpy())
-        if len(view) != info.nbytes:
-            raise AlmostLinearError(f"{self.label}: tensor {name!r} occupies {info.nbytes} bytes, expected {len(view)}")
+        view = memoryview(out.view(torch.uint8).numpy())
         with open(info.file, "rb", buffering=0) as f:
-            f.seek(info.start)
+            f.seek(info.start + start * size)
             done = 0
-            while done < info.nbytes:
+            while done < nbytes:
                 got = f.readinto(view[done:])
                 if not got:
                     raise AlmostLinearError(f"{self.label}: file ended inside tensor {name!r}")

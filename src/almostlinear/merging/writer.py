@@ -2,7 +2,8 @@
 
 The plan knows every output tensor's name, shape and dtype before any arithmetic, so each shard's
 safetensors header (with all byte offsets) is written first and tensors are appended as they are
-computed: memory holds one output tensor, never a whole shard. Everything goes into a hidden
+computed, whole or slice by slice: memory holds one output tensor (or a few slices), never a whole
+shard. Everything goes into a hidden
 temporary folder beside the target; files are fsynced, the index (with a SHA-256 per shard) is
 written last, and only then is the folder renamed to its final name. An interrupted merge leaves
 at most a ``.NAME.partial-*`` folder, never a folder that looks complete.
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..core.errors import AlmostLinearError
@@ -29,6 +31,12 @@ from .stream import INDEX_NAME, dtype_name
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 HASH_IN_THREAD_BYTES = 1 << 20
+PIPELINE_SLOTS = 3  # slices of a streamed tensor in flight to the background writer
+
+
+def _write_and_hash(handle, digest, data) -> None:
+    handle.write(data)  # both release the GIL on large buffers
+    digest.update(data)
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,9 @@ class AtomicShardedWriter:
         self._handle = None
         self._hash = None
         self._hasher: ThreadPoolExecutor | None = None
+        self._slots: list[np.ndarray | None] = [None] * PIPELINE_SLOTS
+        self._pending: list = [None] * PIPELINE_SLOTS
+        self._next_slot = 0
         self.checksums: dict[str, str] = {}
         self.total_size = sum(t.nbytes for t in self.order)
 
@@ -127,6 +138,7 @@ class AtomicShardedWriter:
         self._shard = i
 
     def _emit(self, data) -> None:
+        self._drain()  # background writes of earlier slices go first: the file is written in order
         if len(data) < HASH_IN_THREAD_BYTES:
             self._handle.write(data)
             self._hash.update(data)
@@ -141,9 +153,35 @@ class AtomicShardedWriter:
         finally:
             hashed.result()
 
+    def _emit_behind(self, data) -> None:
+        """Copy ``data`` into a free slot and leave writing and hashing it to the background thread,
+        so the caller computes the next slice meanwhile; at most ``PIPELINE_SLOTS`` are in flight."""
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-sha256")
+        slot = self._next_slot
+        self._next_slot = (slot + 1) % PIPELINE_SLOTS
+        if self._pending[slot] is not None:
+            self._pending[slot].result()
+            self._pending[slot] = None
+        buffer = self._slots[slot]
+        if buffer is None or len(buffer) < len(data):
+            buffer = self._slots[slot] = np.empty(len(data), dtype=np.uint8)
+        buffer[:len(data)] = data
+        view = memoryview(buffer)[:len(data)]
+        handle, digest = self._handle, self._hash
+        self._pending[slot] = self._hasher.submit(_write_and_hash, handle, digest, view)
+
+    def _drain(self) -> None:
+        """Wait for every background write; the first failure (a full disk) is raised here."""
+        for slot, future in enumerate(self._pending):
+            if future is not None:
+                self._pending[slot] = None
+                future.result()
+
     def _close_shard(self) -> None:
         if self._handle is None:
             return
+        self._drain()
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
@@ -151,6 +189,10 @@ class AtomicShardedWriter:
         self._handle = None
 
     def _stop_hasher(self) -> None:
+        for slot, future in enumerate(self._pending):  # on abort: let writes finish, errors no longer matter
+            if future is not None:
+                self._pending[slot] = None
+                future.exception()
         if self._hasher is not None:
             self._hasher.shutdown(wait=True)
             self._hasher = None
@@ -173,6 +215,28 @@ class AtomicShardedWriter:
             self._open_shard(shard)
         data = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
         self._emit(memoryview(data))
+        self._position += 1
+
+    def write_parts(self, name: str, parts) -> None:
+        """Append the next tensor from ``parts``, 1-D slices of its flattened entries in order (each
+        may be a reused buffer: it is written before the next is asked for); their sizes must add up."""
+        want = self.expected()
+        if want is None or name != want.name:
+            raise AlmostLinearError(f"expected tensor {want.name if want else None!r} next, got {name!r}")
+        shard = self._shard_of[self._position]
+        if shard != self._shard:
+            self._open_shard(shard)
+        written = 0
+        for part in parts:
+            if part.dtype != want.dtype:
+                raise AlmostLinearError(f"a slice of tensor {name!r} is {part.dtype}, planned {want.dtype}")
+            data = part.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+            if written + len(data) > want.nbytes:
+                raise AlmostLinearError(f"the slices of tensor {name!r} exceed its planned {want.nbytes} bytes")
+            self._emit_behind(data)
+            written += len(data)
+        if written != want.nbytes:
+            raise AlmostLinearError(f"the slices of tensor {name!r} hold {written} bytes, planned {want.nbytes}")
         self._position += 1
 
     # -- finishing -----------------------------------------------------------------------

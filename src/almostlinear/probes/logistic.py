@@ -42,8 +42,8 @@ def _subspace_newton(u: torch.Tensor, t: torch.Tensor, images: torch.Tensor, gra
     ``cross`` [L, k] is ``V_w^T w``: the penalty along the subspace needs nothing else.
     """
     layers, k, n = images.shape
-    a = torch.zeros(layers, k, dtype=u.dtype)
-    ridge = 1e-12 * torch.eye(k, dtype=u.dtype)
+    a = torch.zeros(layers, k, dtype=u.dtype, device=u.device)
+    ridge = 1e-12 * torch.eye(k, dtype=u.dtype, device=u.device)
     lam = l2[:, None]
     images_t = images.transpose(1, 2)
 
@@ -64,7 +64,7 @@ def _subspace_newton(u: torch.Tensor, t: torch.Tensor, images: torch.Tensor, gra
         # Below the rounding of the objective a decrease cannot be checked: there the full Newton step
         # is taken unchecked (the quadratic model is exact to rounding), and the solve ends.
         unmeasurable = decrement <= 1e-12 * current.abs().clamp_min(1e-12)
-        scale = torch.ones(layers, dtype=u.dtype)
+        scale = torch.ones(layers, dtype=u.dtype, device=u.device)
         for _ in range(30):  # backtracking, per layer, until every layer decreases enough
             trial, v_trial = value(a + scale[:, None] * step)
             ok = (trial <= current - 0.25 * scale * decrement) | unmeasurable
@@ -84,7 +84,7 @@ class _Preconditioner:
     def __init__(self, z: torch.Tensor, zt: torch.Tensor, rank: int, seed: int = 0) -> None:
         layers, n, d = z.shape
         generator = torch.Generator().manual_seed(seed)
-        probe = torch.randn(layers, d, rank + 8, generator=generator, dtype=z.dtype)
+        probe = torch.randn(layers, d, rank + 8, generator=generator, dtype=z.dtype).to(z.device)
         basis, _ = torch.linalg.qr(zt @ (z @ probe))
         basis, _ = torch.linalg.qr(zt @ (z @ basis))  # one power iteration sharpens the top directions
         image = z @ basis
@@ -110,13 +110,14 @@ def fit_logistic(x: torch.Tensor, y, *, l2: float | torch.Tensor = 1e-3, max_ite
     ``x`` is ``[n, d]`` or ``[layers, n, d]``; ``l2`` a number or one per layer. A layer stops when
     its gradient (max-abs over weights and bias) is below ``tol``, scikit-learn's criterion, and
     then stops moving. ``dtype`` is that of the passes over the data (float32 halves the
-    memory read); the subspace solves and the returned weights are float64.
+    memory read); the subspace solves and the returned weights are float64. Everything runs on
+    ``x``'s device.
     """
     x, t, squeeze = as_layers(x, y, dtype=dtype)
-    t = t.double()
+    t = t.double().to(x.device)  # labels may come on the CPU with activations on a GPU
     z, mean, std = standardize(x)
     layers, n, d = z.shape
-    lam = torch.as_tensor(l2, dtype=torch.float64).reshape(-1).expand(layers).clone()
+    lam = torch.as_tensor(l2, dtype=torch.float64).to(x.device).reshape(-1).expand(layers).clone()
     if bool((lam <= 0).any()):
         raise ShapeError(f"l2 must be positive, got {l2!r}")
     if n < d and n <= DUAL_MAX_EXAMPLES:
@@ -135,14 +136,14 @@ def _not_converged(count: int, max_iter: int, tol: float) -> None:
 def _solve(z, t, lam, max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The primal path: preconditioned subspace iterations on all layers at once."""
     layers, n, d = z.shape
-    w = torch.zeros(layers, d, dtype=torch.float64)
-    b = torch.zeros(layers, dtype=torch.float64)
+    w = torch.zeros(layers, d, dtype=torch.float64, device=z.device)
+    b = torch.zeros(layers, dtype=torch.float64, device=z.device)
     zt = z.transpose(1, 2).contiguous()  # both layouts: each product then reads rows contiguously
     rank = min(PRECONDITIONER_RANK, min(n, d) // 4)
     precondition = _Preconditioner(z, zt, rank) if rank >= 4 else None
-    u = torch.zeros(layers, n, dtype=torch.float64)
+    u = torch.zeros(layers, n, dtype=torch.float64, device=z.device)
     steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s_w, s_b, z s_w + s_b)
-    live = torch.ones(layers, dtype=torch.bool)  # layers still iterating
+    live = torch.ones(layers, dtype=torch.bool, device=z.device)  # layers still iterating
     for _ in range(max_iter):
         r = torch.sigmoid(u) - t
         g_w = torch.bmm(r.to(z.dtype)[:, None, :], z)[:, 0].double() / n + lam[:, None] * w
@@ -197,9 +198,9 @@ def _solve_dual(z, t, lam, max_iter: int, tol: float) -> tuple[torch.Tensor, tor
     layers, n, d = z.shape
     zd = z.double()
     kernel = zd @ zd.transpose(1, 2)  # [L, n, n]
-    c = torch.zeros(layers, n, dtype=torch.float64)
-    b = torch.zeros(layers, dtype=torch.float64)
-    eye = torch.eye(n, dtype=torch.float64)
+    c = torch.zeros(layers, n, dtype=torch.float64, device=z.device)
+    b = torch.zeros(layers, dtype=torch.float64, device=z.device)
+    eye = torch.eye(n, dtype=torch.float64, device=z.device)
     lam_ = lam[:, None]
 
     def objective(c_, b_):
@@ -219,7 +220,7 @@ def _solve_dual(z, t, lam, max_iter: int, tol: float) -> tuple[torch.Tensor, tor
             _not_converged(int((gradient > tol).sum()), max_iter, tol)
             break
         weight = p * (1 - p) / n  # [L, n]
-        system = torch.zeros(layers, n + 1, n + 1, dtype=torch.float64)
+        system = torch.zeros(layers, n + 1, n + 1, dtype=torch.float64, device=z.device)
         system[:, :n, :n] = weight[..., None] * kernel + lam[:, None, None] * eye
         system[:, :n, n] = weight
         system[:, n, :n] = (weight[:, None, :] @ kernel)[:, 0]
@@ -227,7 +228,7 @@ def _solve_dual(z, t, lam, max_iter: int, tol: float) -> tuple[torch.Tensor, tor
         rhs = torch.cat([-(r / n + lam_ * c), -r.mean(1, keepdim=True)], 1)
         step = _solve_each(system, rhs)
         dc, db = step[:, :n], step[:, n]
-        scale = torch.ones(layers, dtype=torch.float64)
+        scale = torch.ones(layers, dtype=torch.float64, device=z.device)
         for _ in range(30):  # backtracking per layer: damped Newton always descends on a convex objective
             trial, u_trial = objective(c + scale[:, None] * dc, b + scale * db)
             ok = trial <= current + 1e-12 * current.abs()
