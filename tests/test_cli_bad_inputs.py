@@ -36,10 +36,11 @@ WORK = [  # (module, attribute): the first step of real work in each command
     ("almostlinear.adapters.combine", "combine_exact"),
     ("almostlinear.adapters.combine", "combine_svd"),
     ("almostlinear.audit.run", "load"),
+    ("almostlinear.audit.compare", "read_report"),
 ]
 # reading a saved artifact checks the file the user named, so bad inputs may reach it; good ones stop there
 ARTIFACTS = [("almostlinear.steering.cli", "load_artifact"), ("almostlinear.editing.cli", "load_artifact"),
-             ("almostlinear.sae.cli", "load_artifact")]
+             ("almostlinear.sae.cli", "load_artifact"), ("almostlinear.export.cli", "load_artifact")]
 
 # commands that take --model: it is given after the bad value, as a folder that does not exist
 TAKES_MODEL = {("steer", "fit"), ("steer", "generate"), ("steer", "dose"), ("erase",), ("edit",), ("generate",),
@@ -50,6 +51,7 @@ SAE_TRAIN = ["sae", "train", "--out", "{new_file}"]
 MERGE = ["merge", "{recipe}", "--out", "{new_dir}"]
 TASK_VECTOR = ["task-vector", "{model_a}", "{model_b}", "--out", "{new_file}"]
 LORA = ["lora-combine", "{adapter_a}", "{adapter_b}", "--out", "{new_dir}"]
+EXPORT = ["export", "{afile}", "--to", "peft", "--out", "{new_dir}"]
 
 BAD = {
     "steer fit": [
@@ -168,6 +170,20 @@ BAD = {
         ["task-vector", "{model_a}", "{model_b}", "--out", "{folder}"],
         ["task-vector", "{model_a}", "{model_b}"],
     ],
+    "export": [
+        ["export", "{missing}", "--to", "peft", "--out", "{new_dir}"],
+        ["export", "{folder}", "--to", "peft", "--out", "{new_dir}"],
+        ["export", "{afile}", "--to", "bogus", "--out", "{new_dir}"],
+        ["export", "{afile}", "--to", "peft", "--out", "{under_file}"],
+        ["export", "{afile}", "--to", "peft", "--out", "{afile}"],
+        EXPORT + ["--strength", "nan"],
+        EXPORT + ["--rank", "0"],
+        EXPORT + ["--target-error", "1.5"],
+        EXPORT + ["--rank", "2", "--target-error", "0.1"],
+        EXPORT + ["--units", "bogus"],
+        EXPORT + ["--side-effects", "-1"],
+        ["export", "{afile}", "--to", "artifact", "--out", "{new_dir}"],
+    ],
     "lora-combine": [
         ["lora-combine", "{missing}", "{adapter_b}", "--out", "{new_dir}"],
         ["lora-combine", "{afile}", "{adapter_b}", "--out", "{new_dir}"],
@@ -240,7 +256,17 @@ BAD = {
         ["probe", "--threads", "0"],
         ["probe", "--dataset", "bogus"],
     ],
+    "compare": [
+        ["compare", "{missing}", "{afile}"],
+        ["compare", "{afile}", "{folder}"],
+        ["compare", "{afile}"],
+        ["compare", "{afile}", "{afile}", "--out", "{afile}"],
+        ["compare", "{afile}", "{afile}", "--out", "{under_file}"],
+        ["compare", "x\x00y", "{afile}"],
+    ],
     "audit": [
+        ["audit", "--apply", "{missing}"],
+        ["audit", "--apply", "{folder}"],
         ["audit", "--threads", "-3"],
         ["audit", "--device", "bogus"],
         ["audit", "--texts", "{missing}"],
@@ -266,6 +292,7 @@ GOOD = {
     "merge": MERGE,
     "task-vector": TASK_VECTOR,
     "lora-combine": LORA + ["--weights", "1", "-1", "--rank", "2"],
+    "export": EXPORT + ["--strength", "0.5", "--target-error", "0.05"],
     "interpolate": ["interpolate", "{no_model}", "--out", "{new_file}"],
     "rebasin": ["rebasin", "--widths", "8", "--out", "{new_file}"],
     "latent": ["latent", "--out", "{new_png}", "--direction-out", "{new_file}"],
@@ -274,6 +301,7 @@ GOOD = {
     "lens": ["lens", "--prompt", "hi", "--out", "{new_png}"],
     "probe": ["probe", "--layers", "1,-1", "--out", "{new_file}"],
     "audit": ["audit", "--quick", "--sections", "steering,erasure", "--texts", "{texts}", "--out", "{new_dir}"],
+    "compare": ["compare", "{afile}", "{afile}", "--out", "{new_dir}"],
 }
 
 

@@ -48,6 +48,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("translate", artifacts=("translate.artifact",), sections=("translate.section:CrossModelMaps",),
            cli="translate.cli"),
     Family("latent", artifacts=("latent.artifact",), sections=("latent.section:LatentPaths",), cli="latent.cli"),
+    Family("export", cli="export.cli"),
     Family("features"),
     Family("data"),
     Family("zoo"),

@@ -49,8 +49,17 @@ class ArtifactError(AlmostLinearError):
     """A saved artifact that is malformed, of another kind, or made for another model."""
 
 
+class ReportFileError(AlmostLinearError):
+    """A file given as an audit report that is not one (not JSON, no sections, an unknown schema version)."""
+
+
 class DeviceError(AlmostLinearError):
     """A device that torch cannot see on this machine (``cuda`` without a GPU, a wrong index)."""
+
+
+class DistributedError(AlmostLinearError):
+    """Processes of one run that disagree: statistics of different layouts, a shard outside the
+    world, a process group that was never started."""
 
 
 class ChoiceError(AlmostLinearError):
