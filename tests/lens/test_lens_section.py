@@ -38,6 +38,7 @@ def test_section_compares_logit_and_affine_lenses_on_held_out_text():
         assert 0 <= result.metric("logit_lens_top1_agreement", layer).value <= 1
     assert result.metric("affine_fit_tokens").value == (200 - 4) * 11  # every other text fits the lens
     assert result.metric("layers_where_affine_beats_logit").value == 2
+    assert result.metric("share_of_states_where_affine_beats_logit").value == 1.0  # 2 of the 2 states before the last
     assert result.metric("median_affine_lens_kl").value < result.metric("median_logit_lens_kl").value
     assert [s.name for s in result.figures[0].series] == ["logit lens", "affine lens"]
     assert "beats the logit lens at every layer before the last" in " ".join(result.notes)

@@ -257,6 +257,8 @@ class LogitLensSection(CausalSection, LayeredSection):
                        note=f"out of the {len(kl) - 1} states before the last, on held-out text; the paper's "
                             "abstract finds its tuned lens, which the affine lens stands in for, 'more predictive' "
                             "than the logit lens"),
+                Metric("share_of_states_where_affine_beats_logit", wins / max(len(kl) - 1, 1), "fraction", 1.0,
+                       SOURCE, note="the count above as a share, so one threshold fits every depth"),
                 Metric("affine_fit_tokens", self.fit_tokens, "tokens",
                        note=f"{self.validation_tokens} of them validate the ridge"),
             ]
