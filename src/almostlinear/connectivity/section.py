@@ -39,13 +39,13 @@ class WeightSpaceSection(Section):
     def finish(self, ctx: AuditContext) -> SectionResult:
         result = SectionResult(self.id, self.title)
         quick = ctx.quick
-        with one_thread():
+        with one_thread():  # tiny MLPs and small assignment problems
             self._digits(result, quick)
-            if ctx.causal:
-                self._model_line(ctx, result, quick)
-            else:
-                result.notes.append("The line through the audited model's weights needs a causal language model "
-                                    "(cross-entropy on text); only the digits evidence is shown.")
+        if ctx.causal:
+            self._model_line(ctx, result, quick)
+        else:
+            result.notes.append("The line through the audited model's weights needs a causal language model "
+                                "(cross-entropy on text); only the digits evidence is shown.")
         return result
 
     # --------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from ..core.errors import EmptyDataError
 from ..core.report import Figure, Metric, SectionResult, Series
 from ..core.section import AuditContext, Need, Section
 from ..core.sites import Site
-from ..core.threads import one_thread
 from ..data import FALLBACK_TEXTS
 from ..data.sentiment import NEGATIVE_WORDS, NEUTRAL_PROMPTS, POSITIVE_WORDS, SENTIMENT_PAIRS
 from .behaviour import TokenPreference
@@ -86,12 +85,12 @@ class SteeringSection(Section):
         neutral = [t for t in ctx.texts("neutral") if isinstance(t, str) and t][: plan["neutral"]]
         neutral = neutral or list(FALLBACK_TEXTS[: plan["neutral"]])
         site = Site("resid_post", layer)
-        with one_thread():
-            acts = read_pairs(model, tokenizer, pairs, [site], batch_size=ctx.budget.batch_size)
-            vector = vectors_from_activations(acts, model_fingerprint=loaded.fingerprint)[site]
-            behaviour = TokenPreference(self.positive, self.negative, batch_size=ctx.budget.batch_size)
-            dose = dose_response(loaded, tokenizer, vector, prompts, plan["strengths"], behaviour, neutral=neutral,
-                                 max_length=plan["max_length"], batch_size=ctx.budget.batch_size)
+        # forward passes only: every thread helps (no small LAPACK calls to guard here)
+        acts = read_pairs(model, tokenizer, pairs, [site], batch_size=ctx.budget.batch_size)
+        vector = vectors_from_activations(acts, model_fingerprint=loaded.fingerprint)[site]
+        behaviour = TokenPreference(self.positive, self.negative, batch_size=ctx.budget.batch_size)
+        dose = dose_response(loaded, tokenizer, vector, prompts, plan["strengths"], behaviour, neutral=neutral,
+                             max_length=plan["max_length"], batch_size=ctx.budget.batch_size)
         strengths = dose.strengths
         mean, err = dose.mean_effect, dose.stderr
         whole, small = dose.linearity(), dose.linearity(within=0.1)

@@ -76,10 +76,10 @@ class CrossModelMaps(CausalSection):
     def finish(self, ctx: AuditContext) -> SectionResult:
         result = SectionResult(self.id, self.title)
         texts, model_vectors, groups = self._gather(ctx)
-        with one_thread():
-            partner = load(self.partner, device=str(next(ctx.loaded.model.parameters()).device))
-            partner_vectors = text_vectors(partner.model, partner.tokenizer, texts, kind=partner.kind,
-                                           batch_size=32, structure=partner.structure).cpu()
+        partner = load(self.partner, device=str(next(ctx.loaded.model.parameters()).device))
+        partner_vectors = text_vectors(partner.model, partner.tokenizer, texts, kind=partner.kind,
+                                       batch_size=32, structure=partner.structure).cpu()
+        with one_thread():  # small least-squares fits, not forward passes
             scores = cross_model_scores(partner_vectors, model_vectors, names=(self.partner, ctx.loaded.name),
                                         groups=groups, seed=ctx.seed)
         for direction, label in ((scores.forward, "to_model"), (scores.backward, "to_partner")):
