@@ -276,6 +276,9 @@ BAD = {
         ["audit", "--sections", "steering,,erasure"],
         ["audit", "--dtype", "float8"],
         ["audit", "--seed", "x"],
+        ["audit", "--state-memory", "lots"],
+        ["audit", "--state-memory", "0GB"],
+        ["audit", "--state-memory", "5 parsecs"],
     ],
 }
 

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .clitools import (device, input_file, output_folder, positive_int, progress_bar, say, set_threads,
+from .clitools import (byte_size, device, input_file, output_folder, positive_int, progress_bar, say, set_threads,
                        restore_library_progress, setup_progress, show_progress, text_file,
                        word_list)
 
@@ -28,7 +28,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if not lines:
             raise EmptyDataError(f"{args.texts} has no non-empty lines")
         texts = {"neutral": lines}
+    budget = None
+    if args.state_memory is not None:
+        from dataclasses import replace
+
+        from .core.section import Budget
+
+        budget = replace(Budget.quick() if args.quick else Budget.full(), state_bytes=args.state_memory)
     report = run_audit(args.model, out=args.out, quick=args.quick, device=args.device, sections=sections,
+                       budget=budget,
                        seed=args.seed, texts=texts, progress=say, progress_bar=progress_bar, dtype=args.dtype,
                        device_map=_device_map(args.device_map), max_memory=_max_memory(args.max_memory),
                        offload_folder=args.offload_folder, random_weights=args.random_weights,
@@ -126,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "--device is then not used for loading")
     audit.add_argument("--max-memory", default=None, help="with --device-map: limits such as 0=20GiB,cpu=60GiB")
     audit.add_argument("--offload-folder", default=None, help="with --device-map: where weights go on the disk tier")
+    audit.add_argument("--state-memory", default=None, type=byte_size, metavar="SIZE",
+                       help="memory the per-layer statistics may hold at once (default 10GB); below what all "
+                            "layers need, layers are served in groups, one forward pass each")
     audit.add_argument("--random-weights", action="store_true",
                        help="build the architecture from its config with random weights (timing runs)")
     audit.add_argument("--apply", default=None, nargs="+", action="extend", type=input_file, metavar="FILE",

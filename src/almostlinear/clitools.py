@@ -150,6 +150,21 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """A memory size such as ``6GB``, ``512MiB`` or ``2e9`` (bytes), above zero."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+    if not match or match.group(2) not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (examples: 6GB, 512MiB, 2e9)")
+    value = float(match.group(1)) * _BYTE_UNITS[match.group(2)]
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least one byte, got {text!r}")
+    return int(value)
+
+
 def unit_interval(text: str) -> float:
     """A finite number from 0 to 1 inclusive (fractions)."""
     value = finite_float(text)

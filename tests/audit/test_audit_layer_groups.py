@@ -164,3 +164,27 @@ def test_the_default_budget_groups_big_models_and_leaves_small_ones_in_one_pass(
     per_layer = sum(s.layer_state_bytes(ctx) for s in sections)
     assert per_layer == pytest.approx(180 * d * d, rel=1e-2)  # the 48 + 96 + 36 B·d² the sections declare
     assert len(groups[0]) * per_layer <= max(Budget.quick().state_bytes, per_layer)
+
+
+def test_state_memory_option_reaches_the_budget(monkeypatch, tmp_path):
+    import almostlinear.audit as audit_package
+    from almostlinear.cli import main
+    from almostlinear.clitools import byte_size
+
+    assert [byte_size(t) for t in ("6GB", "512MiB", "2e9", "1.5 gib", "4096")] == \
+        [6 * 10**9, 512 * 2**20, 2 * 10**9, int(1.5 * 2**30), 4096]
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_audit(*args, budget=None, quick=False, **kwargs):
+        seen.update(budget=budget, quick=quick)
+        raise Stop
+
+    monkeypatch.setattr(audit_package, "run_audit", fake_run_audit)
+    with pytest.raises(Stop):  # --debug lets the stub's exception through instead of a one-line error
+        main(["--debug", "audit", "--quick", "--state-memory", "3GiB", "--out", str(tmp_path / "out"), "--quiet"])
+    assert seen["budget"].state_bytes == 3 * 2**30
+    assert seen["budget"].quick_mode and seen["quick"]
+    assert seen["budget"].lens_tokens == Budget.quick().lens_tokens  # only the state budget changed
