@@ -118,15 +118,8 @@ class SAETrainer:
         number of rows, none included); the step is that of the union minibatch."""
         if self.process_group is not None:
             return self._parallel_step(x)
-        if self.scale is None:
-            self._initialise(x)
-        x = (x.to(self.device, torch.float32)) * self.scale
-        sparse = isinstance(self.sae, TopKSAE)
-        if sparse:
-            x_hat, values, index, pre = self.sae.sparse_forward(x)
-            z = None
-        else:
-            x_hat, z, pre = self.sae(x)
+        x, x_hat, z, values, index, pre = self._encode(x)
+        sparse = z is None
         err = x - x_hat
         spread = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
         # Inputs are scaled to mean squared spread d, so dividing by d makes the reconstruction
@@ -158,24 +151,12 @@ class SAETrainer:
             self.fired += counts
             self.stat_tokens += x.shape[0]
             batch_fvu = float(err.pow(2).sum() / spread)
-        self.tokens += x.shape[0]
-        self.log.tokens.append(self.tokens)
-        self.log.fvu.append(batch_fvu)
-        self.log.l0.append(l0)
-        self.log.dead.append(float(dead.double().mean()))
-        return batch_fvu
+        return self._log_step(x.shape[0], batch_fvu, l0, dead)
 
     def _parallel_step(self, x: torch.Tensor) -> float:
         group = self.process_group
-        if self.scale is None:
-            self._initialise(x)
-        x = (x.to(self.device, torch.float32)) * self.scale
-        sparse = isinstance(self.sae, TopKSAE)
-        if sparse:
-            x_hat, values, index, pre = self.sae.sparse_forward(x)
-            z = None
-        else:
-            x_hat, z, pre = self.sae(x)
+        x, x_hat, z, values, index, pre = self._encode(x)
+        sparse = z is None
         err = x - x_hat
         (total, _, spread_x), (_, _, spread_err) = parallel.pooled_moments([x, err], group)
         if total == 0:
@@ -217,7 +198,22 @@ class SAETrainer:
             self.stat_tokens += total
             batch_fvu = float(squared / spread_x.clamp_min(1e-12))
             l0 = float(counts.sum() / total)
-        self.tokens += total
+        return self._log_step(total, batch_fvu, l0, dead)
+
+    def _encode(self, x: torch.Tensor):
+        """``(x scaled, x_hat, z, values, index, pre)``: a TopK SAE gives ``z = None`` and its top
+        values and indices, other SAEs their dense code ``z`` and ``None`` for values and indices."""
+        if self.scale is None:
+            self._initialise(x)
+        x = (x.to(self.device, torch.float32)) * self.scale
+        if isinstance(self.sae, TopKSAE):
+            x_hat, values, index, pre = self.sae.sparse_forward(x)
+            return x, x_hat, None, values, index, pre
+        x_hat, z, pre = self.sae(x)
+        return x, x_hat, z, None, None, pre
+
+    def _log_step(self, rows: int, batch_fvu: float, l0: float, dead: torch.Tensor) -> float:
+        self.tokens += rows
         self.log.tokens.append(self.tokens)
         self.log.fvu.append(batch_fvu)
         self.log.l0.append(l0)
