@@ -89,11 +89,11 @@ def steering_to_llama_cpp(lm, vector, tmp: Path, prompts, strengths, threads: in
     import llama_cpp
     import numpy as np
     import torch
-    from llama_cpp_loader import llama_cpp_buffer, llama_logits, load_with_llama_cpp, open_llama
+    from llama_cpp_loader import llama_cpp_buffer, load_with_llama_cpp, open_llama, served_log_odds
 
     from almostlinear.core.embedded import EMBEDDED
     from almostlinear.data.sentiment import NEGATIVE_WORDS, POSITIVE_WORDS
-    from almostlinear.export import ControlVector, apply_control_vector, clear_control_vector, export_gguf
+    from almostlinear.export import ControlVector, export_gguf
     from almostlinear.steering import TokenPreference
 
     preference = TokenPreference(POSITIVE_WORDS, NEGATIVE_WORDS)
@@ -107,18 +107,10 @@ def steering_to_llama_cpp(lm, vector, tmp: Path, prompts, strengths, threads: in
     llm = open_llama(str(EMBEDDED["smollm2-135m"].source()), threads)
     n_layers = llama_cpp.llama_model_n_layer(llm.model)
 
-    def log_odds(logits):
-        log_p = torch.log_softmax(torch.from_numpy(logits), -1)
-        return float(torch.logsumexp(log_p[pos], -1) - torch.logsumexp(log_p[neg], -1))
-
     # the file as llama.cpp's own parser reads it; its buffer layout is llama.cpp's (checked here)
     cvec = ControlVector({il: torch.from_numpy(v) for il, v in layers.items()})
     assert np.array_equal(cvec.buffer(n_layers), llama_cpp_buffer(layers, n_layers))
-    served = {}
-    for s in strengths:
-        apply_control_vector(llm, cvec, scale=s)
-        served[s] = np.array([log_odds(llama_logits(llm, lm.tokenizer(p)["input_ids"])) for p in prompts])
-    clear_control_vector(llm)
+    served = served_log_odds(llm, cvec, lm.tokenizer, prompts, strengths, pos, neg)
     low, high = min(strengths), max(strengths)
     shift_hooked, shift_served = hooked[high] - hooked[low], served[high] - served[low]
     return {"means_hooked": {str(s): float(v.mean()) for s, v in hooked.items()},

@@ -107,3 +107,24 @@ def llama_logits(llm, ids) -> np.ndarray:
     llm.eval(list(ids))
     pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
     return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).astype(np.float64).copy()
+
+
+def served_log_odds(llm, cvec, tokenizer, prompts, strengths, positive, negative) -> dict[float, np.ndarray]:
+    """Per-prompt next-token log-odds of ``positive`` vs ``negative`` token ids in llama.cpp with the
+    control vector ``cvec`` applied at each scale in ``strengths``; the vector is cleared afterwards."""
+    import torch
+
+    from almostlinear.export import apply_control_vector, clear_control_vector
+
+    def log_odds(logits: np.ndarray) -> float:
+        log_p = torch.log_softmax(torch.from_numpy(logits), -1)
+        return float(torch.logsumexp(log_p[positive], -1) - torch.logsumexp(log_p[negative], -1))
+
+    served = {}
+    try:
+        for strength in strengths:
+            apply_control_vector(llm, cvec, scale=strength)
+            served[strength] = np.array([log_odds(llama_logits(llm, tokenizer(p)["input_ids"])) for p in prompts])
+    finally:
+        clear_control_vector(llm)
+    return served

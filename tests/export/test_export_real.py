@@ -74,11 +74,10 @@ def test_baked_steered_model_loaded_by_transformers_equals_hooked(smollm2, senti
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (pip install 'almostlinear[llama]')")
 def test_gguf_control_vector_in_llama_cpp_moves_log_odds_like_hooked(smollm2, sentiment_vector, tmp_path):
-    from llama_cpp_loader import llama_cpp_buffer, llama_logits, load_with_llama_cpp, open_llama
+    from llama_cpp_loader import llama_cpp_buffer, load_with_llama_cpp, open_llama, served_log_odds
 
     from almostlinear.core.embedded import EMBEDDED
-    from almostlinear.export import (ControlVector, apply_control_vector, clear_control_vector, export_gguf,
-                                     read_control_vector)
+    from almostlinear.export import ControlVector, export_gguf, read_control_vector
     from almostlinear.steering import TokenPreference
 
     prompts = list(NEUTRAL_PROMPTS[:8])
@@ -98,15 +97,7 @@ def test_gguf_control_vector_in_llama_cpp_moves_log_odds_like_hooked(smollm2, se
     cvec = ControlVector({il: torch.from_numpy(v) for il, v in layers.items()})
     np.testing.assert_array_equal(cvec.buffer(n_layers), llama_cpp_buffer(layers, n_layers))
 
-    def log_odds(logits: np.ndarray) -> float:
-        log_p = torch.log_softmax(torch.from_numpy(logits), -1)
-        return float(torch.logsumexp(log_p[pos], -1) - torch.logsumexp(log_p[neg], -1))
-
-    served = {}
-    for strength in STRENGTHS:
-        apply_control_vector(llm, cvec, scale=strength)
-        served[strength] = np.array([log_odds(llama_logits(llm, smollm2.tokenizer(p)["input_ids"])) for p in prompts])
-    clear_control_vector(llm)
+    served = served_log_odds(llm, cvec, smollm2.tokenizer, prompts, STRENGTHS, pos, neg)
     shift_hooked, shift_served = hooked[0.3] - hooked[-0.3], served[0.3] - served[-0.3]
     assert (shift_hooked > 0).all() and (shift_served > 0).all()  # the same direction on every prompt
     assert np.corrcoef(shift_hooked, shift_served)[0, 1] > 0.9
