@@ -29,7 +29,7 @@ def setup_progress(quiet: bool = False) -> None:
     ``--quiet`` also silences the bars of the libraries underneath (transformers' weight loading)."""
     from .core import progress
 
-    progress.configure(enabled=not quiet and _is_terminal(sys.stderr), quiet=quiet)
+    progress.configure(enabled=not quiet and progress.is_terminal(sys.stderr), quiet=quiet)
     if quiet:
         try:
             from transformers.utils import logging as hf_logging
@@ -45,16 +45,11 @@ def restore_library_progress() -> None:
         transformers_logging.enable_progress_bar()
 
 
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def show_progress(quiet: bool = False, asked: bool = False) -> bool:
     """Whether a command's own bars (``progress=``) should draw: asked for, or a terminal; never with ``--quiet``."""
-    return not quiet and (asked or _is_terminal(sys.stderr))
+    from .core.progress import is_terminal
+
+    return not quiet and (asked or is_terminal(sys.stderr))
 
 
 def set_threads(value: int | None) -> None:

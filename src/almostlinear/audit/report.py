@@ -5,7 +5,6 @@ half-written report in place of a good one."""
 from __future__ import annotations
 
 import html
-import json
 import os
 import tempfile
 from pathlib import Path

@@ -72,7 +72,8 @@ def _stream() -> TextIO:
     return _settings.stream or sys.stderr
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is an interactive terminal (closed or fake streams are not)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -87,7 +88,7 @@ def _write(text: str, *, in_place: bool = False) -> None:
     stream = _stream()
     with _lock:
         _last_write = _settings.clock()
-        if in_place and _is_terminal(stream):
+        if in_place and is_terminal(stream):
             stream.write("\r\033[K" + text)
         else:
             stream.write(text + "\n")
@@ -106,7 +107,7 @@ _open_line = False  # a bar drew on the terminal's current line without ending i
 
 def _end_line() -> None:
     global _open_line
-    if _open_line and _is_terminal(_stream()):
+    if _open_line and is_terminal(_stream()):
         _write("")
     _open_line = False
 
@@ -151,7 +152,7 @@ class Bar:
         global _open_line
         now = _settings.clock()
         # On a terminal a redraw is cheap, so a few per second; in a log, one line per every_s.
-        gap = min(0.25, _settings.every_s) if _is_terminal(_stream()) else _settings.every_s
+        gap = min(0.25, _settings.every_s) if is_terminal(_stream()) else _settings.every_s
         if not force and self._last_drawn is not None and now - self._last_drawn < gap:
             return
         self._last_drawn, self._drawn_done = now, self.done
