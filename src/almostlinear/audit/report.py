@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from pathlib import Path
 
-from ..core.paths import follow_umask
+from ..core.paths import replace_files
 from ..core.progress import duration
 from ..core.report import Figure, Metric, SectionResult
 from .plots import svg_plot
@@ -259,33 +258,16 @@ def render_html(report: dict, sections: list[SectionResult]) -> str:
 
 
 def write_atomically(folder: Path, files: dict[str, str]) -> None:
-    """Write every file to a temporary name first; rename them together once all were written.
-
-    The renames run under an exclusive lock on the folder itself, so two audits writing to one folder
-    leave the files of one run side by side, never ``report.json`` of one beside ``report.html`` of
-    the other. Files get the permissions the umask allows, like any other file the user writes.
+    """Write every text file to a temporary name and flush it to disk; rename them together once all
+    were written (:func:`~almostlinear.core.paths.replace_files`: under a lock on the folder, so two
+    audits writing to one folder leave the files of one run side by side, with the umask's permissions).
     """
-    import fcntl
-
-    folder.mkdir(parents=True, exist_ok=True)
-    staged = []
-    try:
-        for name, text in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-            staged.append((tmp, folder / name))  # before writing: a full disk must not leave it behind
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    def writer(text: str):
+        def write(path: str) -> None:
+            with open(path, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            follow_umask(tmp)
-        lock = os.open(folder, os.O_RDONLY)  # a lock on the folder: no extra file in it
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            for tmp, target in staged:
-                os.replace(tmp, target)
-        finally:
-            os.close(lock)
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        return write
+
+    replace_files(folder, {name: writer(text) for name, text in files.items()})

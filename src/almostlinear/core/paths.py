@@ -56,19 +56,28 @@ def replace_files(folder: str | os.PathLike, writers: Mapping[str, Callable[[str
     """Call each ``writer(temporary_path)``, then rename every temporary file to its name in ``folder``.
 
     All files are complete on disk before the first rename, so a failure never pairs new weights
-    with an older config (ranks and scales would silently disagree). Files follow the umask.
+    with an older config (ranks and scales would silently disagree). The renames run under an
+    exclusive lock on the folder itself, so two processes writing the same files into one folder
+    leave one run's set, never a mix. Files follow the umask.
     """
+    import fcntl
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     temps: dict[str, str] = {}
     try:
         for name, write in writers.items():
             fd, temps[name] = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-            os.close(fd)
+            os.close(fd)  # recorded before writing: a full disk must not leave it behind
             write(temps[name])
-        for name, tmp in temps.items():
-            follow_umask(tmp)
-            os.replace(tmp, folder / name)
+            follow_umask(temps[name])
+        lock = os.open(folder, os.O_RDONLY)  # a lock on the folder: no extra file in it
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for name, tmp in temps.items():
+                os.replace(tmp, folder / name)
+        finally:
+            os.close(lock)
     finally:
         for tmp in temps.values():
             if os.path.exists(tmp):
